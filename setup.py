@@ -1,0 +1,36 @@
+"""Installs tfp_esc: sparse coding with analytic, entropy-based ELBOs in TFP."""
+import pathlib
+import re
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+_VERSION = re.search(r"__version__ = '([^']+)'",
+                     (_HERE / 'tfp_esc' / '__init__.py').read_text()).group(1)
+
+setuptools.setup(
+    name='tfp_esc',
+    version=_VERSION,
+    description='Sparse coding with analytic, entropy-based ELBOs in '
+                'TensorFlow Probability.',
+    long_description=(_HERE / 'README.md').read_text(),
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['tfp_esc', 'tfp_esc.*']),
+    python_requires='>=3.10',
+    # TFP 0.25 refuses TF < 2.18 and needs tf-keras at import; tf-keras 2.21
+    # wants TF 2.21.x, so the three are pinned together.
+    install_requires=[
+        'tensorflow==2.21.*',
+        'tensorflow-probability[tf]==0.25.*',
+        'tf-keras==2.21.*',
+        'keras>=3.10,<4',
+        'numpy>=1.26',
+        'scipy>=1.11',
+        'matplotlib>=3.8',
+        'absl-py>=2.0',
+        'scikit-image>=0.22',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'hypothesis>=6.100'],
+    },
+)

@@ -1,0 +1,1 @@
+"""tfp_esc.objective."""

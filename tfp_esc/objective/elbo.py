@@ -1,0 +1,194 @@
+"""Analytic ELBOs of the sparse coding model (SPEC 4-6).
+
+For data x `[N, D]`, a dictionary W `[D, H]` and Gaussian posteriors q_n:
+
+Classical ELBO, any lambda and sigma^2 (SPEC 4):
+
+  L = (1/N) sum_n  E_q[log p(x_n|z)] + E_q[log p(z)] + H[q_n]
+  E_q[log p(x_n|z)] = -(D/2) log(2 pi sigma^2)
+                      - (||x_n - W nu_n||^2 + tr(W T_n W^T)) / (2 sigma^2)
+  E_q[log p(z)]     = -sum_h [log(2 lambda_h) + A(nu_nh, sqrt(T_n,hh)) / lambda_h]
+
+Optimal scale and noise (Theorem 2):
+
+  sigma^2* = (1/(N D)) sum_n [||x_n - W nu_n||^2 + tr(W T_n W^T)]
+  lambda_h* = (1/N) sum_n A(nu_nh, sqrt(T_n,hh))
+
+Entropy ELBO (Theorem 1, Eq. 15, with annealing coefficients of Eq. 17):
+
+  F_a = a_q (1/N) sum_n H[q_n] - a_prior H[p(z|lambda*)]
+        - a_lik H[p(x|z, sigma^2*)]
+
+F_1 = L(lambda*, sigma^2*) exactly; only the non-annealed value is an ELBO.
+Everything works inside `tf.function` and XLA, in float32 and float64.
+"""
+
+import collections
+import math
+
+import tensorflow as tf
+
+from tfp_esc import _checks
+from tfp_esc.objective.special import LOG_2_PI_E
+from tfp_esc.objective.special import expected_magnitude
+from tfp_esc.objective.special import laplace_entropy
+
+__all__ = [
+    'EntropyElbo',
+    'classical_elbo',
+    'entropy_elbo',
+    'optimal_noise_variance',
+    'optimal_scales',
+    'reconstruction_error',
+]
+
+# Floors that keep log() finite; far below any value a fit reaches.
+_NOISE_FLOOR = {tf.float32: 1e-20, tf.float64: 1e-100}
+
+EntropyElbo = collections.namedtuple(
+    'EntropyElbo',
+    ['elbo', 'objective', 'q_entropy', 'prior_entropy', 'likelihood_entropy',
+     'noise_variance', 'scales'])
+EntropyElbo.__doc__ = """Terms of the entropy ELBO, all per data point.
+
+Fields:
+  elbo: `[]` the non-annealed F = q_entropy - prior_entropy
+    - likelihood_entropy. The only value to report as an ELBO.
+  objective: `[]` the annealed F_a that a trainer maximises (= elbo when all
+    coefficients are 1).
+  q_entropy: `[]` (1/N) sum_n H[q_n].
+  prior_entropy: `[]` H[p(z | lambda*)] = sum_h log(2 e lambda*_h).
+  likelihood_entropy: `[]` H[p(x | z, sigma^2*)] = (D/2) log(2 pi e sigma^2*).
+  noise_variance: `[]` sigma^2*.
+  scales: `[H]` lambda*.
+"""
+
+
+def _check_inputs(x, dictionary, posterior):
+  """Converts and checks x `[N, D]` and W `[D, H]` against the posterior."""
+  dtype = posterior.dtype
+  x = _checks.as_float_tensor(x, 'x', dtype, rank=2)
+  dictionary = _checks.as_float_tensor(dictionary, 'dictionary', dtype, rank=2)
+  if not x.shape[-1:].is_compatible_with(dictionary.shape[:1]):
+    raise ValueError(f'x has shape {x.shape.as_list()} but dictionary has '
+                     f'shape {dictionary.shape.as_list()}: their D differ.')
+  if not dictionary.shape[1:].is_compatible_with(posterior.loc.shape[-1:]):
+    raise ValueError(f'dictionary has shape {dictionary.shape.as_list()} but '
+                     f'the posterior means have shape '
+                     f'{posterior.loc.shape.as_list()}: their H differ.')
+  if not x.shape[:1].is_compatible_with(posterior.loc.shape[:1]):
+    raise ValueError(f'x has shape {x.shape.as_list()} but the posterior means '
+                     f'have shape {posterior.loc.shape.as_list()}: their N '
+                     'differ.')
+  _checks.check_finite(x, 'x')
+  _checks.check_finite(dictionary, 'dictionary')
+  return x, dictionary
+
+
+def reconstruction_error(x, dictionary, posterior):
+  """E_q ||x_n - W z||^2 = ||x_n - W nu_n||^2 + tr(W T_n W^T).
+
+  Args:
+    x: `[N, D]` float.
+    dictionary: `[D, H]` float W.
+    posterior: a `GaussianPosterior` with N points.
+
+  Returns:
+    `[N]` float.
+  """
+  x, dictionary = _check_inputs(x, dictionary, posterior)
+  residual = x - tf.matmul(posterior.loc, dictionary, transpose_b=True)
+  return (tf.reduce_sum(tf.square(residual), axis=-1)
+          + posterior.trace_term(dictionary))
+
+
+def optimal_noise_variance(x, dictionary, posterior):
+  """sigma^2* = (1/(N D)) sum_n E_q ||x_n - W z||^2: `[]` float."""
+  error = reconstruction_error(x, dictionary, posterior)
+  num_observed = tf.cast(tf.shape(x)[-1], error.dtype)
+  return tf.reduce_mean(error) / num_observed
+
+
+def optimal_scales(posterior):
+  """lambda*_h = (1/N) sum_n A(nu_nh, sqrt(T_n,hh)): `[H]` float."""
+  return tf.reduce_mean(_expected_magnitudes(posterior), axis=0)
+
+
+def _expected_magnitudes(posterior):
+  return expected_magnitude(posterior.loc, posterior.marginal_stddev())
+
+
+def classical_elbo(x, dictionary, posterior, scales, noise_variance,
+                   per_point=False):
+  """The classical analytic ELBO L for any lambda and sigma^2 (SPEC 4).
+
+  With scales = 1 and a free dictionary W~ this is the ELBO of the original
+  model (the trace term uses W~'s column norms).
+
+  Args:
+    x: `[N, D]` float.
+    dictionary: `[D, H]` float.
+    posterior: a `GaussianPosterior` with N points, same dtype.
+    scales: `[H]` positive float, lambda.
+    noise_variance: positive scalar sigma^2.
+    per_point: return L_n `[N]` instead of the mean.
+
+  Returns:
+    `[]` (or `[N]`) float.
+
+  Raises:
+    ValueError: mismatched shapes, NaN/inf, non-positive scales or variance.
+  """
+  x, dictionary = _check_inputs(x, dictionary, posterior)
+  dtype = posterior.dtype
+  scales = _checks.as_float_tensor(scales, 'scales', dtype, rank=1)
+  noise_variance = _checks.as_float_tensor(noise_variance, 'noise_variance',
+                                           dtype, rank=0)
+  _checks.check_positive(scales, 'scales')
+  _checks.check_positive(noise_variance, 'noise_variance')
+  num_observed = tf.cast(tf.shape(x)[-1], dtype)
+  log_lik = (-0.5 * num_observed * tf.math.log(2.0 * math.pi
+                                                * noise_variance)
+             - reconstruction_error(x, dictionary, posterior)
+             / (2.0 * noise_variance))
+  log_prior = -tf.reduce_sum(
+      tf.math.log(2.0 * scales) + _expected_magnitudes(posterior) / scales,
+      axis=-1)
+  per_point_elbo = log_lik + log_prior + posterior.entropy()
+  return per_point_elbo if per_point else tf.reduce_mean(per_point_elbo)
+
+
+def entropy_elbo(x, dictionary, posterior, a_q=1.0, a_prior=1.0, a_lik=1.0):
+  """The entropy ELBO F (Eq. 15) and its annealed form F_a (Eq. 17).
+
+  Args:
+    x: `[N, D]` float (a data set or a minibatch: averages are over its rows).
+    dictionary: `[D, H]` float, unit-norm columns W.
+    posterior: a `GaussianPosterior` with N points, same dtype.
+    a_q, a_prior, a_lik: annealing coefficients (floats or scalar tensors;
+      pass tensors inside a `tf.function` to avoid retracing).
+
+  Returns:
+    `EntropyElbo` of scalar tensors (and `scales` `[H]`).
+
+  Raises:
+    ValueError: mismatched shapes or NaN/inf inputs.
+  """
+  x, dictionary = _check_inputs(x, dictionary, posterior)
+  dtype = posterior.dtype
+  noise_variance = tf.maximum(
+      optimal_noise_variance(x, dictionary, posterior), _NOISE_FLOOR[dtype])
+  scales = optimal_scales(posterior)
+  num_observed = tf.cast(tf.shape(x)[-1], dtype)
+  q_entropy = tf.reduce_mean(posterior.entropy())
+  prior_entropy = laplace_entropy(scales)
+  likelihood_entropy = 0.5 * num_observed * (
+      LOG_2_PI_E + tf.math.log(noise_variance))
+  elbo = q_entropy - prior_entropy - likelihood_entropy
+  a_q, a_prior, a_lik = (tf.cast(a, dtype) for a in (a_q, a_prior, a_lik))
+  objective = (a_q * q_entropy - a_prior * prior_entropy
+               - a_lik * likelihood_entropy)
+  return EntropyElbo(elbo=elbo, objective=objective, q_entropy=q_entropy,
+                     prior_entropy=prior_entropy,
+                     likelihood_entropy=likelihood_entropy,
+                     noise_variance=noise_variance, scales=scales)

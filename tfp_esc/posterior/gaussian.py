@@ -1,0 +1,326 @@
+"""Per-data-point Gaussian posteriors q_n(z) = N(nu_n, T_n) (SPEC 2).
+
+Three covariance families, each giving its TFP distribution and, in closed
+form, what the analytic objectives need: means, marginal variances T_hh,
+log det T and the trace term tr(W T W^T). No family materialises H x H
+matrices that it does not already hold.
+
+| family    | T_n                       | parameters per point |
+|-----------|---------------------------|----------------------|
+| full      | L L^T, L lower-triangular | H + H(H+1)/2         |
+| diagonal  | diag(tau^2)               | 2H                   |
+| lowrank   | diag(d^2) + U U^T, U [H,R]| 2H + HR              |
+
+Each family also has an unconstrained parameterization for optimisers
+(`init_unconstrained`, `from_unconstrained`): positivity by softplus plus a
+floor (default 1e-3, as in the paper's reference code), through TFP bijectors.
+"""
+
+import abc
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_esc import _checks
+from tfp_esc.objective.special import gaussian_entropy
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+__all__ = [
+    'DiagonalGaussian',
+    'FullGaussian',
+    'GaussianPosterior',
+    'LowRankGaussian',
+    'FAMILIES',
+    'get_family',
+]
+
+DEFAULT_SCALE_FLOOR = 1e-3
+
+
+def _softplus(floor, dtype):
+  return tfb.Softplus(low=tf.constant(floor, dtype))
+
+
+class GaussianPosterior(abc.ABC):
+  """A batch of Gaussians q_n(z) = N(loc_n, T_n), n = 1..N, event size H."""
+
+  family = None
+
+  def __init__(self, loc):
+    self.loc = _checks.as_float_tensor(loc, 'loc')
+    if self.loc.shape.rank is not None and self.loc.shape.rank < 1:
+      raise ValueError(f'loc must have shape [..., H], got '
+                       f'{self.loc.shape.as_list()}.')
+    _checks.check_finite(self.loc, 'loc')
+
+  @property
+  def dtype(self):
+    return self.loc.dtype
+
+  @property
+  def num_latents(self):
+    return self.loc.shape[-1]
+
+  def _check_shape(self, tensor, name, trailing=()):
+    """Raises unless `tensor` has shape loc.shape + trailing."""
+    expected = self.loc.shape.concatenate(trailing)
+    if not tensor.shape.is_compatible_with(expected):
+      raise ValueError(f'{name} has shape {tensor.shape.as_list()}, expected '
+                       f'{expected.as_list()} to match loc '
+                       f'{self.loc.shape.as_list()}.')
+
+  @abc.abstractmethod
+  def marginal_variance(self):
+    """Diagonal of T: `[..., H]`."""
+
+  def marginal_stddev(self):
+    """sqrt of the diagonal of T: `[..., H]`."""
+    return tf.sqrt(self.marginal_variance())
+
+  @abc.abstractmethod
+  def log_det_covariance(self):
+    """log det T: `[...]`."""
+
+  @abc.abstractmethod
+  def trace_term(self, dictionary):
+    """tr(W T W^T) for `dictionary` W `[D, H]`: `[...]`."""
+
+  @abc.abstractmethod
+  def covariance(self):
+    """T as dense matrices `[..., H, H]` (for tests and small H)."""
+
+  @abc.abstractmethod
+  def distribution(self):
+    """The TFP distribution, batch shape `[...]`, event shape `[H]`."""
+
+  def entropy(self):
+    """H[q_n] = (H/2) log(2 pi e) + (1/2) log det T_n: `[...]`."""
+    return gaussian_entropy(self.log_det_covariance(), self.num_latents)
+
+  @staticmethod
+  @abc.abstractmethod
+  def init_unconstrained(num_points, num_latents, dtype=tf.float32, *,
+                         loc=None, scale=1.0, rank=None, seed=None,
+                         floor=DEFAULT_SCALE_FLOOR):
+    """Unconstrained parameters (dict of tensors) of N posteriors.
+
+    Args:
+      num_points: N.
+      num_latents: H.
+      dtype: float32 or float64.
+      loc: optional initial means `[N, H]`; default zeros.
+      scale: initial marginal standard deviation (> floor).
+      rank: R, for the low-rank family only.
+      seed: stateless seed, for families with random initial factors.
+      floor: the softplus floor on scales.
+    """
+
+  @classmethod
+  @abc.abstractmethod
+  def from_unconstrained(cls, params, floor=DEFAULT_SCALE_FLOOR):
+    """Posterior from a dict of unconstrained parameters."""
+
+
+class DiagonalGaussian(GaussianPosterior):
+  """q_n = N(loc_n, diag(scale_n^2)); `scale` `[..., H]` > 0."""
+
+  family = 'diagonal'
+
+  def __init__(self, loc, scale):
+    super().__init__(loc)
+    self.scale = _checks.as_float_tensor(scale, 'scale', self.dtype)
+    self._check_shape(self.scale, 'scale')
+    _checks.check_positive(self.scale, 'scale')
+
+  def marginal_variance(self):
+    return tf.square(self.scale)
+
+  def marginal_stddev(self):
+    return self.scale
+
+  def log_det_covariance(self):
+    return 2.0 * tf.reduce_sum(tf.math.log(self.scale), axis=-1)
+
+  def trace_term(self, dictionary):
+    column_norms2 = tf.reduce_sum(tf.square(dictionary), axis=0)
+    return tf.linalg.matvec(tf.square(self.scale), column_norms2)
+
+  def covariance(self):
+    return tf.linalg.diag(tf.square(self.scale))
+
+  def distribution(self):
+    return tfd.MultivariateNormalDiag(self.loc, scale_diag=self.scale)
+
+  @staticmethod
+  def init_unconstrained(num_points, num_latents, dtype=tf.float32, *,
+                         loc=None, scale=1.0, rank=None, seed=None,
+                         floor=DEFAULT_SCALE_FLOOR):
+    del rank, seed
+    dtype = _checks.float_dtype(dtype)
+    shape = [num_points, num_latents]
+    loc = tf.zeros(shape, dtype) if loc is None else tf.cast(loc, dtype)
+    raw = _softplus(floor, dtype).inverse(tf.fill(shape, tf.cast(scale, dtype)))
+    return {'loc': loc, 'scale': raw}
+
+  @classmethod
+  def from_unconstrained(cls, params, floor=DEFAULT_SCALE_FLOOR):
+    dtype = params['loc'].dtype
+    return cls(params['loc'], _softplus(floor, dtype).forward(params['scale']))
+
+
+class FullGaussian(GaussianPosterior):
+  """q_n = N(loc_n, L_n L_n^T); `scale_tril` `[..., H, H]` with diagonal > 0."""
+
+  family = 'full'
+
+  def __init__(self, loc, scale_tril):
+    super().__init__(loc)
+    self.scale_tril = _checks.as_float_tensor(scale_tril, 'scale_tril',
+                                              self.dtype)
+    self._check_shape(self.scale_tril, 'scale_tril', [self.loc.shape[-1]])
+    _checks.check_finite(self.scale_tril, 'scale_tril')
+    _checks.check_positive(tf.linalg.diag_part(self.scale_tril),
+                           'diagonal of scale_tril')
+    # Only the lower triangle counts.
+    self.scale_tril = tf.linalg.band_part(self.scale_tril, -1, 0)
+
+  def marginal_variance(self):
+    return tf.reduce_sum(tf.square(self.scale_tril), axis=-1)
+
+  def log_det_covariance(self):
+    return 2.0 * tf.reduce_sum(
+        tf.math.log(tf.linalg.diag_part(self.scale_tril)), axis=-1)
+
+  def trace_term(self, dictionary):
+    # tr(W L L^T W^T) = tr(L^T G L), G = W^T W: O(H^3) per point, not O(D H^2).
+    gram = tf.matmul(dictionary, dictionary, transpose_a=True)
+    return tf.reduce_sum(
+        self.scale_tril * tf.linalg.matmul(gram, self.scale_tril),
+        axis=[-2, -1])
+
+  def covariance(self):
+    return tf.matmul(self.scale_tril, self.scale_tril, transpose_b=True)
+
+  def distribution(self):
+    return tfd.MultivariateNormalTriL(self.loc, scale_tril=self.scale_tril)
+
+  @staticmethod
+  def _bijector(floor, dtype):
+    return tfb.FillScaleTriL(diag_bijector=_softplus(floor, dtype),
+                             diag_shift=None)
+
+  @staticmethod
+  def init_unconstrained(num_points, num_latents, dtype=tf.float32, *,
+                         loc=None, scale=1.0, rank=None, seed=None,
+                         floor=DEFAULT_SCALE_FLOOR):
+    del rank, seed
+    dtype = _checks.float_dtype(dtype)
+    loc = (tf.zeros([num_points, num_latents], dtype) if loc is None
+           else tf.cast(loc, dtype))
+    tril = tf.eye(num_latents, batch_shape=[num_points], dtype=dtype) * scale
+    raw = FullGaussian._bijector(floor, dtype).inverse(tril)
+    return {'loc': loc, 'scale_tril': raw}
+
+  @classmethod
+  def from_unconstrained(cls, params, floor=DEFAULT_SCALE_FLOOR):
+    dtype = params['loc'].dtype
+    return cls(params['loc'],
+               cls._bijector(floor, dtype).forward(params['scale_tril']))
+
+
+class LowRankGaussian(GaussianPosterior):
+  """q_n = N(loc_n, diag(scale_n^2) + U_n U_n^T).
+
+  `scale` `[..., H]` > 0 is d, `factor` `[..., H, R]` is U.
+  """
+
+  family = 'lowrank'
+
+  def __init__(self, loc, scale, factor):
+    super().__init__(loc)
+    self.scale = _checks.as_float_tensor(scale, 'scale', self.dtype)
+    self.factor = _checks.as_float_tensor(factor, 'factor', self.dtype)
+    self._check_shape(self.scale, 'scale')
+    self._check_shape(self.factor, 'factor', [self.factor.shape[-1]])
+    _checks.check_positive(self.scale, 'scale')
+    _checks.check_finite(self.factor, 'factor')
+
+  @property
+  def rank(self):
+    return self.factor.shape[-1]
+
+  def marginal_variance(self):
+    return tf.square(self.scale) + tf.reduce_sum(tf.square(self.factor), -1)
+
+  def _capacitance_chol(self):
+    # Cholesky of I_R + U^T diag(d^-2) U (matrix determinant lemma).
+    scaled = self.factor / self.scale[..., tf.newaxis]
+    capacitance = tf.matmul(scaled, scaled, transpose_a=True)
+    eye = tf.eye(self.rank, dtype=self.dtype)
+    return tf.linalg.cholesky(capacitance + eye)
+
+  def log_det_covariance(self):
+    chol = self._capacitance_chol()
+    return (2.0 * tf.reduce_sum(tf.math.log(self.scale), axis=-1)
+            + 2.0 * tf.reduce_sum(
+                tf.math.log(tf.linalg.diag_part(chol)), axis=-1))
+
+  def trace_term(self, dictionary):
+    column_norms2 = tf.reduce_sum(tf.square(dictionary), axis=0)
+    wu = tf.einsum('dh,...hr->...dr', dictionary, self.factor)
+    return (tf.linalg.matvec(tf.square(self.scale), column_norms2)
+            + tf.reduce_sum(tf.square(wu), axis=[-2, -1]))
+
+  def covariance(self):
+    return (tf.linalg.diag(tf.square(self.scale))
+            + tf.matmul(self.factor, self.factor, transpose_b=True))
+
+  def distribution(self):
+    return tfd.MultivariateNormalDiagPlusLowRankCovariance(
+        self.loc, cov_diag_factor=tf.square(self.scale),
+        cov_perturb_factor=self.factor)
+
+  @staticmethod
+  def init_unconstrained(num_points, num_latents, dtype=tf.float32, *,
+                         loc=None, scale=1.0, rank=None, seed=None,
+                         floor=DEFAULT_SCALE_FLOOR, factor_scale=1e-2):
+    """See `GaussianPosterior.init_unconstrained`.
+
+    U starts small and random (scale `factor_scale`): U = 0 is a stationary
+    point of every objective in U, so a zero start would never move.
+    """
+    dtype = _checks.float_dtype(dtype)
+    if rank is None or rank < 1:
+      raise ValueError(f'rank must be a positive int for the low-rank '
+                       f'family, got {rank!r}.')
+    shape = [num_points, num_latents]
+    loc = tf.zeros(shape, dtype) if loc is None else tf.cast(loc, dtype)
+    raw = _softplus(floor, dtype).inverse(tf.fill(shape, tf.cast(scale, dtype)))
+    seed = tfp.random.sanitize_seed(0 if seed is None else seed)
+    factor = factor_scale * tf.random.stateless_normal(
+        shape + [rank], seed=seed, dtype=dtype)
+    return {'loc': loc, 'scale': raw, 'factor': factor}
+
+  @classmethod
+  def from_unconstrained(cls, params, floor=DEFAULT_SCALE_FLOOR):
+    dtype = params['loc'].dtype
+    return cls(params['loc'], _softplus(floor, dtype).forward(params['scale']),
+               params['factor'])
+
+
+FAMILIES = {
+    'full': FullGaussian,
+    'diagonal': DiagonalGaussian,
+    'lowrank': LowRankGaussian,
+}
+
+
+def get_family(name):
+  """The posterior class for `name` in {'full', 'diagonal', 'lowrank'}."""
+  try:
+    return FAMILIES[name]
+  except KeyError:
+    raise ValueError(f'posterior family must be one of {sorted(FAMILIES)}, '
+                     f'got {name!r}.') from None
