@@ -15,6 +15,7 @@ __all__ = [
     'check_positive',
     'check_rank',
     'float_dtype',
+    'stateless_seed',
 ]
 
 
@@ -98,3 +99,15 @@ def check_positive(tensor, name):
     raise ValueError(f'{name} must be positive, got minimum '
                      f'{float(array.min())}.')
   return tensor
+
+
+def stateless_seed(seed):
+  """A shape-[2] int32 stateless seed from an int or a seed tensor.
+
+  `tfp.random.sanitize_seed` turns a Python int into a seed with a *stateful*
+  draw, so the same int would give different samples on each call; here an
+  int n always maps to [n, 0].
+  """
+  if isinstance(seed, (int, np.integer)):
+    return tf.constant([int(seed) % 2**31, 0], tf.int32)
+  return tf.convert_to_tensor(seed)

@@ -183,7 +183,7 @@ class SparseCodingModel:
     Returns:
       Tuple (z, x).
     """
-    seed_z, seed_x = tfp.random.split_seed(seed, 2)
+    seed_z, seed_x = tfp.random.split_seed(_checks.stateless_seed(seed), 2)
     z = self.prior().sample(num_points, seed=seed_z)
     x = self.likelihood(z).sample(seed=seed_x)
     return z, x

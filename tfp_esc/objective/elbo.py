@@ -29,9 +29,7 @@ import math
 import tensorflow as tf
 
 from tfp_esc import _checks
-from tfp_esc.objective.special import LOG_2_PI_E
-from tfp_esc.objective.special import expected_magnitude
-from tfp_esc.objective.special import laplace_entropy
+from tfp_esc.objective.special import LOG_2_PI_E, expected_magnitude, laplace_entropy
 
 __all__ = [
     'EntropyElbo',
@@ -144,6 +142,10 @@ def classical_elbo(x, dictionary, posterior, scales, noise_variance,
   scales = _checks.as_float_tensor(scales, 'scales', dtype, rank=1)
   noise_variance = _checks.as_float_tensor(noise_variance, 'noise_variance',
                                            dtype, rank=0)
+  if not scales.shape.is_compatible_with(dictionary.shape[1:]):
+    raise ValueError(f'scales has shape {scales.shape.as_list()} but '
+                     f'dictionary {dictionary.shape.as_list()} has '
+                     f'{dictionary.shape[1]} columns.')
   _checks.check_positive(scales, 'scales')
   _checks.check_positive(noise_variance, 'noise_variance')
   num_observed = tf.cast(tf.shape(x)[-1], dtype)
@@ -185,7 +187,8 @@ def entropy_elbo(x, dictionary, posterior, a_q=1.0, a_prior=1.0, a_lik=1.0):
   likelihood_entropy = 0.5 * num_observed * (
       LOG_2_PI_E + tf.math.log(noise_variance))
   elbo = q_entropy - prior_entropy - likelihood_entropy
-  a_q, a_prior, a_lik = (tf.cast(a, dtype) for a in (a_q, a_prior, a_lik))
+  a_q, a_prior, a_lik = (tf.cast(tf.convert_to_tensor(a, dtype_hint=dtype),
+                                  dtype) for a in (a_q, a_prior, a_lik))
   objective = (a_q * q_entropy - a_prior * prior_entropy
                - a_lik * likelihood_entropy)
   return EntropyElbo(elbo=elbo, objective=objective, q_entropy=q_entropy,

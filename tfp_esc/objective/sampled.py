@@ -11,7 +11,6 @@ against, and the objective of sampled-ELBO training.
 import collections
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tfp_esc import _checks
 
@@ -52,7 +51,7 @@ def sampled_elbo(x, model, posterior, num_samples, seed):
                      f'shape {model.dictionary.shape.as_list()}.')
   _checks.check_finite(x, 'x')
   q = posterior.distribution()
-  z = q.sample(int(num_samples), seed=tfp.random.sanitize_seed(seed))
+  z = q.sample(int(num_samples), seed=_checks.stateless_seed(seed))
   log_weights = model.joint_log_prob(x, z) - q.log_prob(z)  # [S, N]
   per_sample = tf.reduce_mean(log_weights, axis=-1)
   s = tf.cast(tf.shape(per_sample)[0], per_sample.dtype)

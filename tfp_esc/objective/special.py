@@ -18,10 +18,10 @@ import tensorflow_probability as tfp
 tfd = tfp.distributions
 
 __all__ = [
-    'expected_magnitude',
-    'gaussian_entropy',
-    'laplace_entropy',
-    'LOG_2_PI_E',
+  'LOG_2_PI_E',
+  'expected_magnitude',
+  'gaussian_entropy',
+  'laplace_entropy',
 ]
 
 LOG_2_PI_E = math.log(2.0 * math.pi * math.e)
@@ -30,7 +30,9 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 @tf.custom_gradient
 def _expected_magnitude(m, s):
-  z = m / (math.sqrt(2.0) * s)
+  # erf and the density are saturated far before |z| = 30; clipping keeps
+  # float64 erf (NaN above ~1e154) finite when s -> 0.
+  z = tf.clip_by_value(m / (math.sqrt(2.0) * s), -30.0, 30.0)
   density = _SQRT_2_OVER_PI * tf.exp(-tf.square(z))
   erf = tf.math.erf(z)
   value = s * density + m * erf

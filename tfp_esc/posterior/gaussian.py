@@ -28,12 +28,12 @@ tfb = tfp.bijectors
 tfd = tfp.distributions
 
 __all__ = [
-    'DiagonalGaussian',
-    'FullGaussian',
-    'GaussianPosterior',
-    'LowRankGaussian',
-    'FAMILIES',
-    'get_family',
+  'FAMILIES',
+  'DiagonalGaussian',
+  'FullGaussian',
+  'GaussianPosterior',
+  'LowRankGaussian',
+  'get_family',
 ]
 
 DEFAULT_SCALE_FLOOR = 1e-3
@@ -298,7 +298,7 @@ class LowRankGaussian(GaussianPosterior):
     shape = [num_points, num_latents]
     loc = tf.zeros(shape, dtype) if loc is None else tf.cast(loc, dtype)
     raw = _softplus(floor, dtype).inverse(tf.fill(shape, tf.cast(scale, dtype)))
-    seed = tfp.random.sanitize_seed(0 if seed is None else seed)
+    seed = _checks.stateless_seed(0 if seed is None else seed)
     factor = factor_scale * tf.random.stateless_normal(
         shape + [rank], seed=seed, dtype=dtype)
     return {'loc': loc, 'scale': raw, 'factor': factor}
