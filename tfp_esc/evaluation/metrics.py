@@ -18,11 +18,12 @@ import scipy.optimize
 from tfp_esc import _checks
 
 __all__ = [
-    'DictionaryMatch',
-    'bars_recovery',
-    'gini_index',
-    'gini_summary',
-    'match_dictionaries',
+  'DictionaryMatch',
+  'bars_recovery',
+  'gini_index',
+  'gini_summary',
+  'match_dictionaries',
+  'posterior_gini',
 ]
 
 # Rows per block in `gini_index`: bounds the temporary copies (abs, sort) for
@@ -239,3 +240,23 @@ def bars_recovery(true_dictionary, learned_dictionary, threshold=0.9):
     TypeError, ValueError: as `match_dictionaries`.
   """
   return match_dictionaries(true_dictionary, learned_dictionary, threshold)
+
+
+def posterior_gini(posterior, num_samples=10, seed=0):
+  """Gini index (mean, sd) of posterior samples, as the paper reports it.
+
+  Draws `num_samples` codes z ~ q_n per data point and summarises the Gini
+  index of every sampled code vector over all samples and points.
+
+  Args:
+    posterior: a `GaussianPosterior` with N points (anything with
+      `.distribution()` giving a TFP distribution of event shape [H]).
+    num_samples: samples per data point (the paper uses 10).
+    seed: stateless seed (int or shape-[2] int tensor).
+
+  Returns:
+    (mean, sd) as Python floats.
+  """
+  samples = posterior.distribution().sample(
+      int(num_samples), seed=_checks.stateless_seed(seed))
+  return gini_summary(np.asarray(samples))
