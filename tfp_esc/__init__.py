@@ -1,3 +1,35 @@
-"""tfp_esc: sparse coding with analytic, entropy-based ELBOs in TFP."""
+"""tfp_esc: sparse coding with analytic, entropy-based ELBOs in TFP.
+
+The public API; everything else lives in the subpackages, in the order data
+flows: data -> model -> posterior -> objective -> inference -> evaluation.
+"""
+
+from tfp_esc.data.bars import make_bars
+from tfp_esc.evaluation.metrics import bars_recovery
+from tfp_esc.evaluation.metrics import gini_index
+from tfp_esc.inference.joint import fit_joint
+from tfp_esc.model.sparse_coding import SparseCodingModel
+from tfp_esc.objective.annealing import get_schedule
+from tfp_esc.objective.elbo import classical_elbo
+from tfp_esc.objective.elbo import entropy_elbo
+from tfp_esc.objective.sampled import sampled_elbo
+from tfp_esc.posterior.gaussian import DiagonalGaussian
+from tfp_esc.posterior.gaussian import FullGaussian
+from tfp_esc.posterior.gaussian import LowRankGaussian
 
 __version__ = '0.1.0'
+
+__all__ = [
+    'DiagonalGaussian',
+    'FullGaussian',
+    'LowRankGaussian',
+    'SparseCodingModel',
+    'bars_recovery',
+    'classical_elbo',
+    'entropy_elbo',
+    'fit_joint',
+    'get_schedule',
+    'gini_index',
+    'make_bars',
+    'sampled_elbo',
+]
