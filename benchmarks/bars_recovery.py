@@ -32,12 +32,7 @@ flags.DEFINE_string('output', None, 'Optional path of a JSON copy.')
 
 def run_one(config, schedule_name, seed):
   data = make_bars(config.num_points, config.side, config.noise_std, seed=seed)
-  options = dict(posterior=config.posterior, rank=config.rank,
-                 max_iterations=config.max_iterations,
-                 num_correction_pairs=config.num_correction_pairs,
-                 tolerance=config.tolerance, init_scale=config.init_scale,
-                 jit_compile=config.jit_compile, max_calls=config.max_calls,
-                 seed=seed, log_every=0)
+  options = dict(config.fit_options(), seed=seed, log_every=0)
   start = time.perf_counter()
   result = fit_joint(data.x, 2 * config.side,
                      schedule=get_schedule(schedule_name), **options)

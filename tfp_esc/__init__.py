@@ -5,17 +5,13 @@ flows: data -> model -> posterior -> objective -> inference -> evaluation.
 """
 
 from tfp_esc.data.bars import make_bars
-from tfp_esc.evaluation.metrics import bars_recovery
-from tfp_esc.evaluation.metrics import gini_index
+from tfp_esc.evaluation.metrics import bars_recovery, gini_index
 from tfp_esc.inference.joint import fit_joint
 from tfp_esc.model.sparse_coding import SparseCodingModel
 from tfp_esc.objective.annealing import get_schedule
-from tfp_esc.objective.elbo import classical_elbo
-from tfp_esc.objective.elbo import entropy_elbo
+from tfp_esc.objective.elbo import classical_elbo, entropy_elbo
 from tfp_esc.objective.sampled import sampled_elbo
-from tfp_esc.posterior.gaussian import DiagonalGaussian
-from tfp_esc.posterior.gaussian import FullGaussian
-from tfp_esc.posterior.gaussian import LowRankGaussian
+from tfp_esc.posterior.gaussian import DiagonalGaussian, FullGaussian, LowRankGaussian
 
 __version__ = '0.1.0'
 

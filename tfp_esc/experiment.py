@@ -68,6 +68,15 @@ class BarsConfig:
   jit_compile: bool = True
   gini_samples: int = 10
 
+  def fit_options(self):
+    """Keyword arguments of `fit_joint` that this configuration sets."""
+    return {'posterior': self.posterior, 'rank': self.rank,
+            'max_calls': self.max_calls,
+            'max_iterations': self.max_iterations,
+            'num_correction_pairs': self.num_correction_pairs,
+            'tolerance': self.tolerance, 'init_scale': self.init_scale,
+            'jit_compile': self.jit_compile, 'seed': self.seed}
+
 
 def load_bars_data(path, side=5, dtype='float64'):
   """Loads a user's bars data: a .npy of shape [N, side^2], finite.
@@ -116,16 +125,8 @@ def train_bars(config, workdir):
   logging.info('Bars: N=%d, D=%d, H=%d, %s posterior, %s annealing -> %s',
                x.shape[0], x.shape[1], num_latents, config.posterior,
                config.annealing, workdir)
-  fit_options = dict(
-      posterior=config.posterior, rank=config.rank,
-      max_iterations=config.max_iterations,
-      num_correction_pairs=config.num_correction_pairs,
-      tolerance=config.tolerance, init_scale=config.init_scale,
-      jit_compile=config.jit_compile)
   start = time.perf_counter()
-  result = fit_joint(x, num_latents, schedule=schedule,
-                     max_calls=config.max_calls, seed=config.seed,
-                     **fit_options)
+  result = fit_joint(x, num_latents, schedule=schedule, **config.fit_options())
   seconds = time.perf_counter() - start
   gini_mean, gini_sd = metrics.posterior_gini(
       result.posterior, config.gini_samples, seed=config.seed)
@@ -145,8 +146,7 @@ def train_bars(config, workdir):
   if truth is not None:
     logging.info('Fitting posteriors for the ground-truth dictionary.')
     ground_truth = fit_joint(x, init_dictionary=truth, train_dictionary=False,
-                             max_calls=config.max_calls, seed=config.seed,
-                             **fit_options)
+                             **config.fit_options())
     match = metrics.bars_recovery(truth, result.dictionary)
     summary.update(
         ground_truth_elbo=ground_truth.elbo,
