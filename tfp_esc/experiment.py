@@ -62,7 +62,7 @@ class BarsConfig:
   max_calls: int = 100
   max_iterations: int = 200
   num_correction_pairs: int = 10
-  tolerance: float = 1e-7
+  tolerance: float = 1e-6
   init_scale: float = 0.1
   dtype: str = 'float64'
   jit_compile: bool = True
