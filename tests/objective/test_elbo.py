@@ -578,3 +578,31 @@ def test_lowrank_init_is_reproducible(seed):
   assert np.abs(first['factor'].numpy()).max() > 0
   np.testing.assert_array_equal(first['factor'].numpy(),
                                 second['factor'].numpy())
+
+
+def test_full_data_elbo_from_minibatch_statistics():
+  """F from summed per-batch statistics equals F of the whole data set."""
+  from tfp_esc.objective.elbo import (
+    add_statistics,
+    elbo_statistics,
+    entropy_elbo_from_statistics,
+  )
+  from tfp_esc.posterior.gaussian import DiagonalGaussian
+  rng = np.random.default_rng(5)
+  n, d, h = 11, 6, 4
+  x = rng.standard_normal((n, d))
+  w = rng.standard_normal((d, h))
+  w /= np.linalg.norm(w, axis=0)
+  loc = rng.standard_normal((n, h))
+  scale = rng.uniform(0.2, 1.5, (n, h))
+  whole = entropy_elbo(x, w, DiagonalGaussian(loc, scale), 1.0, 3.0, 0.5)
+  parts = [elbo_statistics(x[i:j], w, DiagonalGaussian(loc[i:j], scale[i:j]))
+           for i, j in ((0, 4), (4, 9), (9, 11))]
+  summed = add_statistics(add_statistics(parts[0], parts[1]), parts[2])
+  batched = entropy_elbo_from_statistics(summed, d, 1.0, 3.0, 0.5)
+  for field in whole._fields:
+    np.testing.assert_allclose(getattr(batched, field), getattr(whole, field),
+                               rtol=1e-13, atol=1e-13, err_msg=field)
+  # A single batch's F differs from the full-data F.
+  single = entropy_elbo(x[:4], w, DiagonalGaussian(loc[:4], scale[:4]))
+  assert abs(float(single.elbo) - float(whole.elbo)) > 1e-3

@@ -32,12 +32,16 @@ from tfp_esc import _checks
 from tfp_esc.objective.special import LOG_2_PI_E, expected_magnitude, laplace_entropy
 
 __all__ = [
-    'EntropyElbo',
-    'classical_elbo',
-    'entropy_elbo',
-    'optimal_noise_variance',
-    'optimal_scales',
-    'reconstruction_error',
+  'ElboStatistics',
+  'EntropyElbo',
+  'add_statistics',
+  'classical_elbo',
+  'elbo_statistics',
+  'entropy_elbo',
+  'entropy_elbo_from_statistics',
+  'optimal_noise_variance',
+  'optimal_scales',
+  'reconstruction_error',
 ]
 
 # Floors that keep log() finite; far below any value a fit reaches.
@@ -160,6 +164,77 @@ def classical_elbo(x, dictionary, posterior, scales, noise_variance,
   return per_point_elbo if per_point else tf.reduce_mean(per_point_elbo)
 
 
+ElboStatistics = collections.namedtuple(
+    'ElboStatistics',
+    ['count', 'reconstruction', 'expected_magnitude', 'q_entropy'])
+ElboStatistics.__doc__ = """Sums over data points from which F is computed.
+
+F depends on the data only through these sums, so the full-data F of a data
+set seen in minibatches is `entropy_elbo_from_statistics` of the summed
+statistics of its batches.
+
+Fields:
+  count: `[]` number of data points N.
+  reconstruction: `[]` sum_n ||x_n - W nu_n||^2 + tr(W T_n W^T).
+  expected_magnitude: `[H]` sum_n A(nu_n, sqrt(diag T_n)).
+  q_entropy: `[]` sum_n H[q_n].
+"""
+
+
+def elbo_statistics(x, dictionary, posterior):
+  """The sums (`ElboStatistics`) of x `[N, D]`, W `[D, H]` and q that F needs.
+
+  Raises:
+    ValueError: mismatched shapes or NaN/inf inputs.
+  """
+  x, dictionary = _check_inputs(x, dictionary, posterior)
+  dtype = posterior.dtype
+  return ElboStatistics(
+      count=tf.cast(tf.shape(x)[0], dtype),
+      reconstruction=tf.reduce_sum(
+          reconstruction_error(x, dictionary, posterior)),
+      expected_magnitude=tf.reduce_sum(_expected_magnitudes(posterior), 0),
+      q_entropy=tf.reduce_sum(posterior.entropy()))
+
+
+def add_statistics(a, b):
+  """Elementwise sum of two `ElboStatistics` (e.g. of two minibatches)."""
+  return ElboStatistics(*(u + v for u, v in zip(a, b)))
+
+
+def entropy_elbo_from_statistics(statistics, num_observed, a_q=1.0,
+                                 a_prior=1.0, a_lik=1.0):
+  """F and its terms from `ElboStatistics` of N points in D dimensions.
+
+  Args:
+    statistics: `ElboStatistics`.
+    num_observed: D.
+    a_q, a_prior, a_lik: annealing coefficients, as in `entropy_elbo`.
+
+  Returns:
+    `EntropyElbo`.
+  """
+  dtype = statistics.reconstruction.dtype
+  count = statistics.count
+  num_observed = tf.cast(num_observed, dtype)
+  noise_variance = tf.maximum(
+      statistics.reconstruction / (count * num_observed), _NOISE_FLOOR[dtype])
+  scales = statistics.expected_magnitude / count
+  q_entropy = statistics.q_entropy / count
+  prior_entropy = laplace_entropy(scales)
+  likelihood_entropy = 0.5 * num_observed * (
+      LOG_2_PI_E + tf.math.log(noise_variance))
+  elbo = q_entropy - prior_entropy - likelihood_entropy
+  a_q, a_prior, a_lik = (tf.cast(tf.convert_to_tensor(a, dtype_hint=dtype),
+                                  dtype) for a in (a_q, a_prior, a_lik))
+  objective = (a_q * q_entropy - a_prior * prior_entropy
+               - a_lik * likelihood_entropy)
+  return EntropyElbo(elbo=elbo, objective=objective, q_entropy=q_entropy,
+                     prior_entropy=prior_entropy,
+                     likelihood_entropy=likelihood_entropy,
+                     noise_variance=noise_variance, scales=scales)
+
+
 def entropy_elbo(x, dictionary, posterior, a_q=1.0, a_prior=1.0, a_lik=1.0):
   """The entropy ELBO F (Eq. 15) and its annealed form F_a (Eq. 17).
 
@@ -176,22 +251,6 @@ def entropy_elbo(x, dictionary, posterior, a_q=1.0, a_prior=1.0, a_lik=1.0):
   Raises:
     ValueError: mismatched shapes or NaN/inf inputs.
   """
-  x, dictionary = _check_inputs(x, dictionary, posterior)
-  dtype = posterior.dtype
-  noise_variance = tf.maximum(
-      optimal_noise_variance(x, dictionary, posterior), _NOISE_FLOOR[dtype])
-  scales = optimal_scales(posterior)
-  num_observed = tf.cast(tf.shape(x)[-1], dtype)
-  q_entropy = tf.reduce_mean(posterior.entropy())
-  prior_entropy = laplace_entropy(scales)
-  likelihood_entropy = 0.5 * num_observed * (
-      LOG_2_PI_E + tf.math.log(noise_variance))
-  elbo = q_entropy - prior_entropy - likelihood_entropy
-  a_q, a_prior, a_lik = (tf.cast(tf.convert_to_tensor(a, dtype_hint=dtype),
-                                  dtype) for a in (a_q, a_prior, a_lik))
-  objective = (a_q * q_entropy - a_prior * prior_entropy
-               - a_lik * likelihood_entropy)
-  return EntropyElbo(elbo=elbo, objective=objective, q_entropy=q_entropy,
-                     prior_entropy=prior_entropy,
-                     likelihood_entropy=likelihood_entropy,
-                     noise_variance=noise_variance, scales=scales)
+  statistics = elbo_statistics(x, dictionary, posterior)
+  return entropy_elbo_from_statistics(statistics, tf.shape(x)[-1], a_q,
+                                      a_prior, a_lik)
