@@ -1,0 +1,105 @@
+"""EM-like training: E-steps never lower F, unit norms, resume, bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_esc.data.bars import make_bars
+from tfp_esc.inference.em import EMTrainer, fit_em
+from tfp_esc.model.sparse_coding import normalize_columns
+from tfp_esc.objective.annealing import get_schedule
+from tfp_esc.objective.elbo import entropy_elbo
+from tfp_esc.posterior.gaussian import DiagonalGaussian
+
+# Graph mode without XLA keeps compilation (and this file) fast; the XLA
+# path is exercised by test_epochs_keep_unit_norms_and_raise_the_elbo.
+OPTIONS = {'batch_size': 64, 'e_step_iterations': 20, 'seed': 1,
+           'jit_compile': False}
+
+
+@pytest.fixture(scope='module')
+def x():
+  return make_bars(256, seed=2).x.astype(np.float32)
+
+
+def _batch_objective(trainer, indices, params, coefficients):
+  q = DiagonalGaussian.from_unconstrained(
+      {k: tf.constant(v) for k, v in params.items()})
+  w = normalize_columns(tf.constant(trainer.v))
+  return float(entropy_elbo(trainer.x[indices], w, q, *coefficients).objective)
+
+
+@pytest.fixture(scope='module')
+def trained(x):
+  trainer = EMTrainer(x, 10, **OPTIONS)
+  trainer.run_epoch()  # so that warm starts differ from fresh ones
+  return trainer
+
+
+@pytest.mark.parametrize('coefficients', [(1.0, 1.0, 1.0), (1.0, 6.0, 1.0),
+                                          (1.0, 1.0, 0.25)])
+@pytest.mark.parametrize('fresh', [True, False])
+def test_e_step_never_lowers_the_batch_objective(trained, coefficients, fresh):
+  trainer = trained
+  for batch in trainer._batches(epoch=5, drop_remainder=False):
+    start, fitted = trainer.e_step(batch, coefficients, fresh=fresh)
+    before = _batch_objective(trainer, batch, start, coefficients)
+    after = _batch_objective(trainer, batch, fitted, coefficients)
+    assert after >= before - 1e-4 * abs(before), (before, after)
+    assert after > before  # and it does improve
+
+
+def test_epochs_keep_unit_norms_and_raise_the_elbo(x):
+  trainer = EMTrainer(x, 10, **dict(OPTIONS, jit_compile=True))
+  v0 = trainer.v.copy()
+  np.testing.assert_allclose(np.linalg.norm(v0, axis=0), 1, rtol=1e-6)
+  records = [trainer.run_epoch() for _ in range(3)]
+  assert not np.allclose(trainer.v, v0)
+  np.testing.assert_allclose(np.linalg.norm(trainer.dictionary, axis=0), 1,
+                             rtol=1e-5)
+  assert records[-1]['elbo'] > records[0]['elbo'] + 0.5
+  assert trainer.history['epoch'] == [0, 1, 2]
+
+
+def test_full_data_evaluation_matches_direct_elbo(trained, x):
+  trainer = trained
+  terms = trainer.evaluate()  # re-fits and stores every point's parameters
+  direct = entropy_elbo(x, trainer.dictionary, trainer.posterior())
+  np.testing.assert_allclose(terms['elbo'], float(direct.elbo), rtol=1e-5)
+  np.testing.assert_allclose(terms['sigma2'], float(direct.noise_variance),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize('warm_start', [False, True])
+def test_resume_equals_uninterrupted_run(x, tmp_path, warm_start):
+  options = dict(OPTIONS, warm_start=warm_start,
+                 schedule=get_schedule('prior', slope=1.0, offset=3.0))
+  whole = fit_em(x, 10, epochs=3, **options)
+  path = str(tmp_path / 'em.npz')
+  fit_em(x, 10, epochs=1, checkpoint_path=path, **options)  # interrupted
+  resumed = fit_em(x, 10, epochs=3, checkpoint_path=path, resume=True,
+                   **options)
+  np.testing.assert_allclose(resumed.dictionary, whole.dictionary, atol=1e-6)
+  for k in whole.params:
+    np.testing.assert_allclose(resumed.params[k], whole.params[k], atol=1e-5)
+  np.testing.assert_allclose(resumed.history['elbo'], whole.history['elbo'],
+                             rtol=1e-6)
+  assert resumed.history['a_prior'] == [3.0, 2.0, 1.0]
+
+
+def test_bad_input_raises(x, tmp_path):
+  bad = x.copy()
+  bad[0, 0] = np.nan
+  with pytest.raises(ValueError, match='x holds 1 NaN'):
+    EMTrainer(bad, 10, **OPTIONS)
+  with pytest.raises(ValueError, match='batch_size must be in'):
+    EMTrainer(x, 10, **dict(OPTIONS, batch_size=1000))
+  with pytest.raises(ValueError, match=r'init_dictionary has shape \(24, 10\)'):
+    EMTrainer(x, 10, init_dictionary=np.ones((24, 10)), **OPTIONS)
+  trainer = EMTrainer(x, 10, **OPTIONS)
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    trainer.restore(str(tmp_path / 'none.npz'))
+  path = str(tmp_path / 'h12.npz')
+  EMTrainer(x, 12, **OPTIONS).save(path)
+  with pytest.raises(ValueError, match='dictionary of shape'):
+    trainer.restore(path)

@@ -1,0 +1,372 @@
+"""EM-like training over minibatches (SPEC 10, variants A/B).
+
+For every minibatch:
+
+  E-step: L-BFGS on that batch's variational parameters, maximising the
+          batch's F_a with the dictionary fixed (TFP `lbfgs_minimize`, up to
+          `e_step_iterations` iterations);
+  M-step: one gradient-ascent step on F_a with respect to the unconstrained
+          dictionary V (W = V / ||V||_col), step size `m_step_size`.
+
+Each data point's variational parameters are kept across epochs. With
+`warm_start=True` an E-step starts from the point's previous parameters; with
+`warm_start=False` from nu = 0, tau = 1, as the paper's reference code does.
+Epoch ELBOs are the full-data, non-annealed F after re-fitting every batch's
+variational parameters for the epoch's final dictionary, computed from summed
+statistics (so lambda* and sigma^2* are full-data values).
+
+Batches are drawn from a permutation that depends only on (seed, epoch), so a
+run resumed from a checkpoint continues exactly as an uninterrupted one.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from absl import logging
+
+from tfp_esc import _checks, artifacts
+from tfp_esc.model.sparse_coding import normalize_columns
+from tfp_esc.objective import elbo as elbo_lib
+from tfp_esc.objective.annealing import NoAnnealing
+from tfp_esc.posterior.gaussian import DEFAULT_SCALE_FLOOR, get_family
+
+__all__ = ['EMResult', 'EMTrainer', 'fit_em']
+
+_TERMS = ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')
+
+
+@dataclasses.dataclass
+class EMResult:
+  """What EM training learned.
+
+  Attributes:
+    dictionary: `[D, H]` unit-norm W.
+    params: dict of per-point unconstrained variational parameters `[N, ...]`.
+    history: dict of per-epoch lists: 'epoch', 'elbo', 'q_entropy',
+      'prior_entropy', 'likelihood_entropy', 'sigma2', 'scales',
+      'a_q', 'a_prior', 'a_lik', 'seconds' (cumulative training time),
+      'batch_objective' (mean annealed batch objective of the epoch).
+  """
+  dictionary: np.ndarray
+  params: dict
+  history: dict
+
+
+class EMTrainer:
+  """Holds the state of EM training and runs epochs; see the module doc.
+
+  Args:
+    x: `[N, D]` float32/float64 data (its dtype is the computation's).
+    num_latents: H.
+    posterior: 'diagonal', 'lowrank' or 'full'.
+    rank: R for 'lowrank'.
+    schedule: annealing schedule indexed by epoch; default none.
+    batch_size: minibatch size B (the last, smaller batch is dropped from
+      training steps but included in evaluation).
+    e_step_iterations: most L-BFGS iterations per E-step.
+    num_correction_pairs: L-BFGS history size.
+    m_step_size: gradient-ascent step on V.
+    warm_start: start each E-step (and the evaluation re-fit) from the
+      point's previous parameters instead of nu = 0, tau = 1. Off by default,
+      as in the paper: with prior annealing (a_prior > 1) the annealed
+      objective grows without bound as all codes shrink together (by
+      (a_prior - 1) H log(1/c) for a common factor c), so annealing works
+      through truncated E-steps from a fresh start, and warm starts let the
+      collapse accumulate across epochs.
+    init_dictionary: optional `[D, H]` start; default Gaussian, seeded.
+    seed: seeds the dictionary, initial factors and the batch order.
+    jit_compile: compile the E- and M-steps with XLA.
+    scale_floor: floor on posterior scales.
+
+  Raises:
+    ValueError: bad shapes, NaN/inf data, batch_size > N, unknown family.
+  """
+
+  def __init__(self, x, num_latents, *, posterior='diagonal', rank=None,
+               schedule=None, batch_size=512, e_step_iterations=100,
+               num_correction_pairs=10, m_step_size=0.5, warm_start=False,
+               init_dictionary=None, seed=0, jit_compile=True,
+               scale_floor=DEFAULT_SCALE_FLOOR):
+    x = _checks.as_float_tensor(x, 'x', rank=2)
+    _checks.check_finite(x, 'x')
+    self.x = x.numpy()
+    self.dtype = x.dtype
+    num_points, num_observed = self.x.shape
+    if not 0 < int(batch_size) <= num_points:
+      raise ValueError(f'batch_size must be in [1, N={num_points}], got '
+                       f'{batch_size}.')
+    if int(num_latents) < 1:
+      raise ValueError(f'num_latents must be positive, got {num_latents}.')
+    self.family = get_family(posterior)
+    self.rank = rank
+    self.schedule = NoAnnealing() if schedule is None else schedule
+    self.batch_size = int(batch_size)
+    self.m_step_size = float(m_step_size)
+    self.warm_start = bool(warm_start)
+    self.seed = int(seed)
+    self.scale_floor = scale_floor
+    rng = np.random.default_rng(self.seed)
+    if init_dictionary is None:
+      init_dictionary = rng.standard_normal((num_observed, int(num_latents)))
+    init_dictionary = np.asarray(init_dictionary, self.x.dtype)
+    if init_dictionary.shape != (num_observed, int(num_latents)):
+      raise ValueError(f'init_dictionary has shape {init_dictionary.shape}, '
+                       f'expected {(num_observed, int(num_latents))} for x of '
+                       f'shape {self.x.shape}.')
+    _checks.check_finite(init_dictionary, 'init_dictionary')
+    # V starts with unit columns: the M-step's gradient on V scales as
+    # 1 / ||v_h||, so `m_step_size` means the same for every start.
+    self.v = init_dictionary / np.linalg.norm(init_dictionary, axis=0)
+    init = self.family.init_unconstrained(
+        num_points, int(num_latents), self.dtype, scale=1.0, rank=rank,
+        seed=int(rng.integers(2**31)), floor=scale_floor)
+    self._init_params = {k: v.numpy() for k, v in init.items()}
+    self.params = {k: v.copy() for k, v in self._init_params.items()}
+    self.epoch = 0
+    self.history = {k: [] for k in (
+        'epoch', 'sigma2', 'scales', 'a_q', 'a_prior', 'a_lik', 'seconds',
+        'batch_objective') + _TERMS}
+    self._seconds = 0.0
+    self._names = sorted(self.params)
+    self._build_steps(int(e_step_iterations), int(num_correction_pairs),
+                      jit_compile)
+
+  # -- compiled steps ---------------------------------------------------------
+
+  def _build_steps(self, iterations, pairs, jit_compile):
+    names, family, floor = self._names, self.family, self.scale_floor
+
+    def posterior(flat, shapes):
+      sizes = [int(np.prod(s)) for s in shapes]
+      pieces = [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
+      return family.from_unconstrained(dict(zip(names, pieces)), floor=floor)
+
+    def e_step(dictionary, params, x, coefficients):
+      shapes = [params[k].shape for k in names]
+      flat = tf.concat([tf.reshape(params[k], [-1]) for k in names], 0)
+      count = tf.cast(tf.shape(x)[0], x.dtype)
+
+      def loss_and_gradient(position):
+        with tf.GradientTape() as tape:
+          tape.watch(position)
+          terms = elbo_lib.entropy_elbo(
+              x, dictionary, posterior(position, shapes), coefficients[0],
+              coefficients[1], coefficients[2])
+          loss = -count * terms.objective
+        return loss, tape.gradient(loss, position)
+
+      result = tfp.optimizer.lbfgs_minimize(
+          loss_and_gradient, initial_position=flat,
+          num_correction_pairs=pairs, max_iterations=iterations, tolerance=0.0)
+      sizes = [int(np.prod(s)) for s in shapes]
+      pieces = tf.split(result.position, sizes)
+      return ({k: tf.reshape(p, s) for k, p, s in zip(names, pieces, shapes)},
+              result.num_iterations)
+
+    def em_step(v, params, x, coefficients, step_size):
+      dictionary = normalize_columns(v)
+      params, iterations = e_step(dictionary, params, x, coefficients)
+      with tf.GradientTape() as tape:
+        tape.watch(v)
+        q = family.from_unconstrained(params, floor=floor)
+        terms = elbo_lib.entropy_elbo(x, normalize_columns(v), q,
+                                      coefficients[0], coefficients[1],
+                                      coefficients[2])
+      gradient = tape.gradient(terms.objective, v)
+      return v + step_size * gradient, params, terms.objective, iterations
+
+    def refit_statistics(v, params, x):
+      dictionary = normalize_columns(v)
+      ones = tf.ones([3], x.dtype)
+      params, _ = e_step(dictionary, params, x, ones)
+      q = family.from_unconstrained(params, floor=floor)
+      return params, elbo_lib.elbo_statistics(x, dictionary, q)
+
+    self._e_step = tf.function(e_step, jit_compile=jit_compile,
+                               reduce_retracing=True)
+    self._em_step = tf.function(em_step, jit_compile=jit_compile,
+                                reduce_retracing=True)
+    self._refit = tf.function(refit_statistics, jit_compile=jit_compile,
+                              reduce_retracing=True)
+
+  # -- training ---------------------------------------------------------------
+
+  def _batches(self, epoch, drop_remainder):
+    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
+    stop = len(order) - (len(order) % self.batch_size if drop_remainder else 0)
+    return [order[i:i + self.batch_size]
+            for i in range(0, stop, self.batch_size)]
+
+  def _gather(self, indices, fresh):
+    source = self._init_params if fresh else self.params
+    return {k: tf.constant(source[k][indices]) for k in self._names}
+
+  def run_epoch(self):
+    """Runs one epoch of EM steps, then evaluates; returns the epoch's record."""
+    c = self.schedule(self.epoch)
+    coefficients = tf.constant((c.q, c.prior, c.likelihood), self.dtype)
+    step_size = tf.constant(self.m_step_size, self.dtype)
+    start = time.perf_counter()
+    v = tf.constant(self.v)
+    objectives = []
+    batches = self._batches(self.epoch, drop_remainder=True)
+    for b, indices in enumerate(batches):
+      v, params, objective, iterations = self._em_step(
+          v, self._gather(indices, not self.warm_start),
+          tf.constant(self.x[indices]), coefficients, step_size)
+      if not np.isfinite(float(objective)):
+        raise FloatingPointError(
+            f'EM epoch {self.epoch}, batch {b}: the annealed objective is '
+            f'{float(objective)}; dictionary finite: '
+            f'{bool(np.all(np.isfinite(v.numpy())))}.')
+      for k in self._names:
+        self.params[k][indices] = params[k].numpy()
+      objectives.append(float(objective))
+      if b % 50 == 0:
+        logging.info('epoch %d batch %d/%d: annealed objective %.4f '
+                     '(%d L-BFGS iterations)', self.epoch, b + 1, len(batches),
+                     float(objective), int(iterations))
+    self.v = v.numpy()
+    self._seconds += time.perf_counter() - start
+    terms = self.evaluate()
+    record = dict(terms, epoch=self.epoch, a_q=c.q, a_prior=c.prior,
+                  a_lik=c.likelihood, seconds=self._seconds,
+                  batch_objective=float(np.mean(objectives)))
+    for k in record:
+      self.history.setdefault(k, []).append(record[k])
+    logging.info('epoch %d: ELBO %.4f (H[q] %.3f, H[prior] %.3f, H[lik] %.3f),'
+                 ' sigma2 %.4g, a_prior %.3g, %.1f s', self.epoch,
+                 record['elbo'], record['q_entropy'], record['prior_entropy'],
+                 record['likelihood_entropy'], record['sigma2'], c.prior,
+                 self._seconds)
+    self.epoch += 1
+    return record
+
+  def e_step(self, indices, coefficients=(1.0, 1.0, 1.0), fresh=None):
+    """Fits the variational parameters of the points `indices` (not stored).
+
+    Args:
+      indices: `[B]` int indices of the batch.
+      coefficients: (a_q, a_prior, a_lik) of the objective.
+      fresh: start from nu = 0, tau = 1 (default: `not warm_start`).
+
+    Returns:
+      (start, fitted): dicts of the batch's unconstrained parameters before
+      and after the E-step.
+    """
+    fresh = (not self.warm_start) if fresh is None else fresh
+    start = self._gather(np.asarray(indices), fresh)
+    fitted, _ = self._e_step(normalize_columns(tf.constant(self.v)), start,
+                             tf.constant(self.x[indices]),
+                             tf.constant(coefficients, self.dtype))
+    return start, fitted
+
+  def evaluate(self):
+    """Full-data, non-annealed F after re-fitting every point's parameters.
+
+    Re-fits (and stores) every point's variational parameters for the current
+    dictionary, batch by batch, and sums the statistics F needs.
+
+    Returns:
+      dict with 'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy',
+      'sigma2' (floats) and 'scales' (list).
+    """
+    v = tf.constant(self.v)
+    total = None
+    for indices in self._batches(self.epoch, drop_remainder=False):
+      params, stats = self._refit(v, self._gather(indices, not self.warm_start),
+                                  tf.constant(self.x[indices]))
+      for k in self._names:
+        self.params[k][indices] = params[k].numpy()
+      total = stats if total is None else elbo_lib.add_statistics(total, stats)
+    terms = elbo_lib.entropy_elbo_from_statistics(total, self.x.shape[1])
+    values = {k: float(getattr(terms, k)) for k in _TERMS}
+    if not all(np.isfinite(list(values.values()))):
+      raise FloatingPointError(f'non-finite ELBO terms after epoch '
+                               f'{self.epoch}: {values}')
+    values['sigma2'] = float(terms.noise_variance)
+    values['scales'] = terms.scales.numpy().tolist()
+    return values
+
+  @property
+  def dictionary(self):
+    """Current `[D, H]` unit-norm dictionary."""
+    return normalize_columns(tf.constant(self.v)).numpy()
+
+  def posterior(self, indices=None):
+    """The fitted posterior of all points (or of `indices`)."""
+    params = {k: tf.constant(v if indices is None else v[indices])
+              for k, v in self.params.items()}
+    return self.family.from_unconstrained(params, floor=self.scale_floor)
+
+  # -- checkpoints ------------------------------------------------------------
+
+  def save(self, path):
+    """Writes the whole training state to `path` (.npz) atomically."""
+    arrays = {f'param_{k}': v for k, v in self.params.items()}
+    state = {'epoch': self.epoch, 'seconds': self._seconds,
+             'history': self.history}
+    with artifacts.atomic_path(path) as tmp, open(tmp, 'wb') as f:
+      np.savez(f, v=self.v, state=np.array(json.dumps(state)), **arrays)
+
+  def restore(self, path):
+    """Loads a state written by `save`; raises on a mismatched run."""
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'checkpoint {path!r} does not exist.')
+    with np.load(path) as data:
+      if data['v'].shape != self.v.shape:
+        raise ValueError(f'checkpoint {path!r} holds a dictionary of shape '
+                         f'{data["v"].shape}, this run has {self.v.shape}.')
+      params = {k[len('param_'):]: data[k] for k in data.files
+                if k.startswith('param_')}
+      if sorted(params) != self._names or any(
+          params[k].shape != self.params[k].shape for k in self._names):
+        raise ValueError(f'checkpoint {path!r} holds posterior parameters '
+                         f'{ {k: v.shape for k, v in params.items()} }, this '
+                         f'run has { {k: v.shape for k, v in self.params.items()} }.')
+      self.v = data['v'].astype(self.v.dtype)
+      self.params = {k: v.astype(self.params[k].dtype)
+                     for k, v in params.items()}
+      state = json.loads(str(data['state']))
+    self.epoch = int(state['epoch'])
+    self._seconds = float(state['seconds'])
+    self.history = state['history']
+
+
+def fit_em(x, num_latents, *, epochs=10, checkpoint_path=None, resume=False,
+           on_epoch_end=None, **options):
+  """Trains by EM for `epochs` epochs; see `EMTrainer` for the options.
+
+  Args:
+    x: `[N, D]` float data.
+    num_latents: H.
+    epochs: total number of epochs (a resumed run counts the ones done).
+    checkpoint_path: optional .npz written atomically after every epoch.
+    resume: continue from `checkpoint_path` if it exists.
+    on_epoch_end: optional `f(trainer, record) -> dict or None` called after
+      each epoch's evaluation, before the checkpoint; the metrics it returns
+      are appended to the history under their keys (e.g. a Gini index).
+    **options: `EMTrainer` keyword arguments.
+
+  Returns:
+    `EMResult`.
+  """
+  trainer = EMTrainer(x, num_latents, **options)
+  if resume and checkpoint_path and os.path.exists(checkpoint_path):
+    trainer.restore(checkpoint_path)
+    logging.info('Resumed from %s at epoch %d.', checkpoint_path,
+                 trainer.epoch)
+  while trainer.epoch < int(epochs):
+    record = trainer.run_epoch()
+    extra = on_epoch_end(trainer, record) if on_epoch_end else None
+    for k, v in (extra or {}).items():
+      trainer.history.setdefault(k, []).append(v)
+    if checkpoint_path:
+      trainer.save(checkpoint_path)
+  return EMResult(dictionary=trainer.dictionary, params=trainer.params,
+                  history=trainer.history)
