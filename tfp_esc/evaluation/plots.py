@@ -23,10 +23,11 @@ from tfp_esc import _checks
 from tfp_esc.evaluation import metrics
 
 __all__ = [
-    'plot_dictionary',
-    'plot_dictionary_comparison',
-    'plot_gini',
-    'plot_training_curves',
+  'plot_dictionaries',
+  'plot_dictionary',
+  'plot_dictionary_comparison',
+  'plot_gini',
+  'plot_training_curves',
 ]
 
 _TRACE_KEYS = ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')
@@ -167,6 +168,48 @@ def plot_dictionary(dictionary, patch_shape=None, order=None, title=None,
       figsize=_mosaic_size(num_patches, patch_shape, ncols),
       layout='constrained')
   _draw_mosaic(fig.add_subplot(), dictionary, patch_shape, ncols, None)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def plot_dictionaries(dictionaries, patch_shape=None, orders=None, path=None,
+                      title=None):
+  """Several dictionaries side by side, one panel each (e.g. four variants).
+
+  Args:
+    dictionaries: mapping of panel title -> `[D, H]` array (same D; H may
+      differ).
+    patch_shape: (rows, cols) with rows * cols = D; default square.
+    orders: optional mapping of panel title -> column order (e.g. by
+      decreasing lambda).
+    path: optional path; the figure is written there.
+    title: optional figure title.
+
+  Returns:
+    `matplotlib.figure.Figure` with one Axes per dictionary.
+
+  Raises:
+    ValueError: no dictionaries, or one of bad shape.
+  """
+  if not dictionaries:
+    raise ValueError('dictionaries must hold at least one dictionary.')
+  arrays = {name: _as_dictionary(d, f'dictionaries[{name!r}]')
+            for name, d in dictionaries.items()}
+  num_pixels = next(iter(arrays.values())).shape[0]
+  patch_shape = _patch_shape(patch_shape, num_pixels, 'dictionaries')
+  orders = orders or {}
+  fig = matplotlib.figure.Figure(
+      figsize=(4.5 * len(arrays), 4.8), layout='constrained')
+  for index, (name, array) in enumerate(arrays.items()):
+    if array.shape[0] != num_pixels:
+      raise ValueError(f'dictionaries[{name!r}] has shape {array.shape}, '
+                       f'expected {num_pixels} rows like the first.')
+    if name in orders:
+      array = array[:, np.asarray(orders[name])]
+    ncols = math.ceil(math.sqrt(array.shape[1]))
+    _draw_mosaic(fig.add_subplot(1, len(arrays), index + 1), array,
+                 patch_shape, ncols, name)
   if title:
     fig.suptitle(title)
   return _save(fig, path)
