@@ -194,3 +194,21 @@ def test_plot_gini(tmp_path, values, num_collections):
 def test_plot_gini_errors(values, match):
   with pytest.raises(ValueError, match=match):
     plots.plot_gini(values)
+
+
+def test_plot_dictionaries_one_panel_each_in_order(tmp_path):
+  rng = np.random.default_rng(0)
+  first = rng.standard_normal((16, 6))
+  dictionaries = {'a': first, 'b': rng.standard_normal((16, 9))}
+  fig = plots.plot_dictionaries(dictionaries, orders={'a': [5, 4, 3, 2, 1, 0]},
+                                path=tmp_path / 'all.png', title='four')
+  assert [ax.get_title() for ax in fig.axes] == ['a', 'b']
+  assert (tmp_path / 'all.png').stat().st_size > 0
+  # Panel 'a' shows column 5 first (top-left patch, 4x4 pixels after a border).
+  image = fig.axes[0].get_images()[0].get_array()
+  expected = first[:, 5] / np.abs(first[:, 5]).max()
+  np.testing.assert_allclose(image[1:5, 1:5], expected.reshape(4, 4))
+  with pytest.raises(ValueError, match='at least one'):
+    plots.plot_dictionaries({})
+  with pytest.raises(ValueError, match=r"dictionaries\['c'\] has shape"):
+    plots.plot_dictionaries({'a': first, 'c': np.ones((9, 2))})
