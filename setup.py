@@ -32,5 +32,7 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8', 'hypothesis>=6.100'],
+        # TF 2.21 no longer installs TensorBoard; only its callback needs it.
+        'tensorboard': ['tensorboard>=2.20'],
     },
 )

@@ -5,7 +5,8 @@
 Sizes of the patches issue: B = 512, D = 256, H = 100, diagonal posteriors;
 EM: an E-step of up to 100 L-BFGS iterations (history 10) from a fresh start
 plus the M-step, from a fresh random dictionary, prior annealing scale 10;
-amortized: one Adam step of the ResNet-like encoder and the dictionary.
+amortized: one Adam step (XLA) of the ResNet-like encoder (two residual
+blocks of width --hidden_units) and the dictionary.
 Medians over --steps steps after one warm-up step (which compiles), on
 whitened patches of the embedded images. The last line printed is one JSON
 object with em_step_seconds, amortized_step_seconds and peak_memory_mb.
@@ -30,6 +31,7 @@ flags.DEFINE_integer('num_latents', 100, 'H.')
 flags.DEFINE_integer('e_step_iterations', 100, 'L-BFGS iterations per E-step.')
 flags.DEFINE_bool('skip_amortized', False, 'Only time the EM step.')
 flags.DEFINE_bool('jit_compile', True, 'XLA for the EM step.')
+flags.DEFINE_integer('hidden_units', 256, 'Width of the amortized encoder.')
 
 
 def _median_seconds(step, num_steps):
@@ -66,15 +68,26 @@ def time_em_step(x):
 
 
 def time_amortized_step(x):
-  from tfp_esc.inference import amortized  # pylint: disable=g-import-not-at-top
-  return amortized.time_train_step(x, FLAGS.num_latents, FLAGS.batch_size,
-                                   FLAGS.steps)
+  import keras  # pylint: disable=g-import-not-at-top
+
+  from tfp_esc.inference.amortized import AmortizedSparseCoding  # pylint: disable=g-import-not-at-top
+  from tfp_esc.posterior.encoders import make_encoder  # pylint: disable=g-import-not-at-top
+  encoder = make_encoder(x.shape[1], FLAGS.num_latents, 'diagonal',
+                         hidden_units=FLAGS.hidden_units, seed=0)
+  model = AmortizedSparseCoding(encoder, x.shape[1], FLAGS.num_latents,
+                                'diagonal')
+  model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+  batches = iter([x[i:i + FLAGS.batch_size]
+                  for i in range(0, len(x), FLAGS.batch_size)] * 100)
+  return _median_seconds(lambda: model.train_on_batch(next(batches)),
+                         FLAGS.steps)
 
 
 def main(argv):
   del argv
   x = whitened_patches(num_patches=8 * FLAGS.batch_size, patch_size=16, seed=0)
   report = {'batch_size': FLAGS.batch_size, 'num_observed': x.shape[1],
+            'hidden_units': FLAGS.hidden_units,
             'num_latents': FLAGS.num_latents,
             'e_step_iterations': FLAGS.e_step_iterations,
             'jit_compile': FLAGS.jit_compile}

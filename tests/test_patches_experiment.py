@@ -57,3 +57,18 @@ def test_bad_settings_raise_before_training(images, tmp_path):
   with pytest.raises(FileNotFoundError):
     experiment.train_patches(_config(str(tmp_path / 'none.mat')), str(tmp_path))
   assert not os.path.exists(tmp_path / 'metrics.json')
+
+
+def test_amortized_run_writes_outputs_and_resumes(images, tmp_path):
+  config = _config(images, method='amortized', posterior='lowrank', rank=2,
+                   annealing='prior_linear', epochs=2)
+  whole = experiment.train_patches(config, str(tmp_path / 'whole'))
+  assert whole['history']['a_prior'] == pytest.approx([2.0, 1.9])
+  assert 0 < whole['gini']['mean'] < 1
+  part = str(tmp_path / 'part')
+  experiment.train_patches(_config(images, method='amortized',
+                                   posterior='lowrank', rank=2,
+                                   annealing='prior_linear', epochs=1), part)
+  resumed = experiment.train_patches(config, part, resume=True)
+  np.testing.assert_allclose(resumed['history']['elbo'],
+                             whole['history']['elbo'], rtol=1e-5)

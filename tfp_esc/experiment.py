@@ -23,6 +23,7 @@ from tfp_esc import artifacts
 from tfp_esc.data.bars import make_bars
 from tfp_esc.data.patches import whitened_patches
 from tfp_esc.evaluation import metrics, plots
+from tfp_esc.inference.amortized import fit_amortized
 from tfp_esc.inference.em import fit_em
 from tfp_esc.inference.joint import fit_joint
 from tfp_esc.objective.annealing import get_schedule
@@ -328,5 +329,19 @@ def train_patches(config, workdir, resume=False):
 
 
 def _train_patches_amortized(config, x, workdir, resume):
-  raise NotImplementedError(
-      "method='amortized' is not available yet; use method='em'.")
+  subset = _gini_subset(config, len(x))
+
+  def gini(model, epoch):
+    del epoch
+    mean, sd = metrics.posterior_gini(model.posterior(x[subset]),
+                                      config.gini_samples, seed=config.seed)
+    return {'gini_mean': mean, 'gini_sd': sd}
+
+  model, history = fit_amortized(
+      x, config.num_latents, family=config.posterior, rank=config.rank,
+      schedule=get_schedule(config.annealing), epochs=config.epochs,
+      batch_size=config.batch_size, learning_rate=config.learning_rate,
+      seed=config.seed, checkpoint_path=os.path.join(workdir, 'checkpoint.npz'),
+      resume=resume, tensorboard_dir=os.path.join(workdir, 'tensorboard'),
+      on_epoch_end=gini, verbose=2)
+  return model.dictionary.numpy(), history
