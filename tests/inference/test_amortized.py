@@ -104,3 +104,14 @@ def test_bad_input_raises(x):
   with pytest.raises(ValueError, match='their D differ'):
     entropy_elbo(x[:, :24], model.dictionary, model.posterior(x))
 
+
+
+def test_float64_training_reports_float64_terms():
+  x64 = make_bars(128, seed=4).x
+  model, history = fit_amortized(x64, 10, epochs=1, **SMALL)
+  assert model.v.dtype == 'float64'
+  batch = x64[:64]
+  logs = model.test_on_batch(batch, return_dict=True)
+  direct = entropy_elbo(batch, model.dictionary, model.posterior(batch))
+  np.testing.assert_allclose(logs['elbo'], float(direct.elbo), rtol=1e-12)
+  assert len(history['elbo']) == 1

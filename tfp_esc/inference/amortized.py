@@ -57,7 +57,9 @@ class AmortizedSparseCoding(keras.Model):
     self.coefficients = self.add_weight(
         shape=(3,), name='annealing', dtype=dtype, trainable=False,
         initializer='ones')
-    self.trackers = {k: keras.metrics.Mean(name=k) for k in _TERMS}
+    # Trackers in the model's dtype, so float64 runs report float64 values.
+    self.trackers = {k: keras.metrics.Mean(name=k, dtype=dtype)
+                     for k in _TERMS}
 
   @property
   def metrics(self):
@@ -90,6 +92,7 @@ class AmortizedSparseCoding(keras.Model):
     return {k: t.result() for k, t in self.trackers.items()}
 
   def train_step(self, data):
+    # Keras passes a dataset's single tensor x, possibly wrapped as (x,).
     x = data[0] if isinstance(data, tuple) else data
     with tf.GradientTape() as tape:
       terms = self.terms(x)
