@@ -103,3 +103,12 @@ def test_bad_input_raises(x, tmp_path):
   EMTrainer(x, 12, **OPTIONS).save(path)
   with pytest.raises(ValueError, match='dictionary of shape'):
     trainer.restore(path)
+
+
+def test_fresh_starts_stay_fresh_after_training(trained):
+  # Regression: the shared fresh-start row once aliased point 0's parameters.
+  start, _ = trained.e_step(np.arange(5), fresh=True)
+  np.testing.assert_array_equal(start['loc'].numpy(), 0.0)
+  q = DiagonalGaussian.from_unconstrained(start)
+  np.testing.assert_allclose(q.scale.numpy(), 1.0, rtol=1e-6)
+  assert np.any(trained.params['loc'][:5] != 0)  # the stored ones moved

@@ -92,10 +92,15 @@ class EMTrainer:
                num_correction_pairs=10, m_step_size=0.5, warm_start=False,
                init_dictionary=None, seed=0, jit_compile=True,
                scale_floor=DEFAULT_SCALE_FLOOR):
-    x = _checks.as_float_tensor(x, 'x', rank=2)
-    _checks.check_finite(x, 'x')
-    self.x = x.numpy()
-    self.dtype = x.dtype
+    # Checked as NumPy: a TF copy of a paper-size data set would add 210 MB
+    # to the peak memory.
+    self.x = np.asarray(x)
+    if self.x.dtype not in (np.float32, np.float64):
+      self.x = self.x.astype(np.float32)
+    if self.x.ndim != 2:
+      raise ValueError(f'x must have rank 2, got shape {self.x.shape}.')
+    _checks.check_finite(self.x, 'x')
+    self.dtype = tf.as_dtype(self.x.dtype)
     num_points, num_observed = self.x.shape
     if not 0 < int(batch_size) <= num_points:
       raise ValueError(f'batch_size must be in [1, N={num_points}], got '
@@ -125,8 +130,12 @@ class EMTrainer:
     init = self.family.init_unconstrained(
         num_points, int(num_latents), self.dtype, scale=1.0, rank=rank,
         seed=int(rng.integers(2**31)), floor=scale_floor)
-    self._init_params = {k: v.numpy() for k, v in init.items()}
-    self.params = {k: v.copy() for k, v in self._init_params.items()}
+    self.params = {k: v.numpy().copy() for k, v in init.items()}
+    # Fresh-start values: one row where every point starts alike (means and
+    # scales), the whole array only where they differ (low-rank factors).
+    self._init_params = {
+        k: v[:1].copy() if np.all(v == v[:1]) else v.copy()
+        for k, v in self.params.items()}
     self.epoch = 0
     self.history = {k: [] for k in (
         'epoch', 'sigma2', 'scales', 'a_q', 'a_prior', 'a_lik', 'seconds',
@@ -203,8 +212,12 @@ class EMTrainer:
             for i in range(0, stop, self.batch_size)]
 
   def _gather(self, indices, fresh):
-    source = self._init_params if fresh else self.params
-    return {k: tf.constant(source[k][indices]) for k in self._names}
+    if not fresh:
+      return {k: tf.constant(self.params[k][indices]) for k in self._names}
+    return {k: tf.constant(
+        np.broadcast_to(v, (len(indices),) + v.shape[1:]) if len(v) == 1
+        else v[indices])
+            for k, v in self._init_params.items()}
 
   def run_epoch(self):
     """Runs one epoch of EM steps, then evaluates; returns the epoch's record."""
