@@ -36,6 +36,19 @@ Fields:
 """
 
 
+def _check_inputs(x, model, posterior, num_samples):
+  """Converts x `[N, D]` and checks it and num_samples; returns both."""
+  num_samples = int(num_samples)
+  if num_samples < 1:
+    raise ValueError(f'num_samples must be >= 1, got {num_samples}.')
+  x = _checks.as_float_tensor(x, 'x', posterior.dtype, rank=2)
+  if not x.shape[-1:].is_compatible_with(model.dictionary.shape[:1]):
+    raise ValueError(f'x has shape {x.shape.as_list()} but the dictionary has '
+                     f'shape {model.dictionary.shape.as_list()}.')
+  _checks.check_finite(x, 'x')
+  return x, num_samples
+
+
 def sampled_elbo(x, model, posterior, num_samples, seed):
   """Monte-Carlo ELBO with `num_samples` reparameterized samples per point.
 
@@ -52,15 +65,9 @@ def sampled_elbo(x, model, posterior, num_samples, seed):
   Raises:
     ValueError: num_samples < 1, mismatched shapes or NaN/inf data.
   """
-  if int(num_samples) < 1:
-    raise ValueError(f'num_samples must be >= 1, got {num_samples}.')
-  x = _checks.as_float_tensor(x, 'x', posterior.dtype, rank=2)
-  if not x.shape[-1:].is_compatible_with(model.dictionary.shape[:1]):
-    raise ValueError(f'x has shape {x.shape.as_list()} but the dictionary has '
-                     f'shape {model.dictionary.shape.as_list()}.')
-  _checks.check_finite(x, 'x')
+  x, num_samples = _check_inputs(x, model, posterior, num_samples)
   q = posterior.distribution()
-  z = q.sample(int(num_samples), seed=_checks.stateless_seed(seed))
+  z = q.sample(num_samples, seed=_checks.stateless_seed(seed))
   log_weights = model.joint_log_prob(x, z) - q.log_prob(z)  # [S, N]
   per_sample = tf.reduce_mean(log_weights, axis=-1)
   s = tf.cast(tf.shape(per_sample)[0], per_sample.dtype)
@@ -99,14 +106,7 @@ def importance_weighted_bound(x, model, posterior, num_samples, seed,
   Raises:
     ValueError: num_samples < 1, mismatched shapes or NaN/inf data.
   """
-  num_samples = int(num_samples)
-  if num_samples < 1:
-    raise ValueError(f'num_samples must be >= 1, got {num_samples}.')
-  x = _checks.as_float_tensor(x, 'x', posterior.dtype, rank=2)
-  if not x.shape[-1:].is_compatible_with(model.dictionary.shape[:1]):
-    raise ValueError(f'x has shape {x.shape.as_list()} but the dictionary has '
-                     f'shape {model.dictionary.shape.as_list()}.')
-  _checks.check_finite(x, 'x')
+  x, num_samples = _check_inputs(x, model, posterior, num_samples)
   q = posterior.distribution()
   num_points = int(x.shape[0])
   seeds = tfp.random.split_seed(_checks.stateless_seed(seed),
