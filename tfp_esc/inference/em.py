@@ -150,32 +150,32 @@ class EMTrainer:
   def _build_steps(self, iterations, pairs, jit_compile):
     names, family, floor = self._names, self.family, self.scale_floor
 
-    def posterior(flat, shapes):
-      sizes = [int(np.prod(s)) for s in shapes]
-      pieces = [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
-      return family.from_unconstrained(dict(zip(names, pieces)), floor=floor)
+    def unflatten(flat, params):
+      # The batch dimension may be unknown (retracing relaxes it): split by
+      # dynamic sizes and keep the static trailing dimensions.
+      sizes = tf.stack([tf.size(params[k]) for k in names])
+      pieces = tf.split(flat, sizes, num=len(names))
+      return {k: tf.reshape(p, [-1] + params[k].shape[1:].as_list())
+              for k, p in zip(names, pieces)}
 
     def e_step(dictionary, params, x, coefficients):
-      shapes = [params[k].shape for k in names]
       flat = tf.concat([tf.reshape(params[k], [-1]) for k in names], 0)
       count = tf.cast(tf.shape(x)[0], x.dtype)
 
       def loss_and_gradient(position):
         with tf.GradientTape() as tape:
           tape.watch(position)
-          terms = elbo_lib.entropy_elbo(
-              x, dictionary, posterior(position, shapes), coefficients[0],
-              coefficients[1], coefficients[2])
+          q = family.from_unconstrained(unflatten(position, params),
+                                        floor=floor)
+          terms = elbo_lib.entropy_elbo(x, dictionary, q, coefficients[0],
+                                        coefficients[1], coefficients[2])
           loss = -count * terms.objective
         return loss, tape.gradient(loss, position)
 
       result = tfp.optimizer.lbfgs_minimize(
           loss_and_gradient, initial_position=flat,
           num_correction_pairs=pairs, max_iterations=iterations, tolerance=0.0)
-      sizes = [int(np.prod(s)) for s in shapes]
-      pieces = tf.split(result.position, sizes)
-      return ({k: tf.reshape(p, s) for k, p, s in zip(names, pieces, shapes)},
-              result.num_iterations)
+      return unflatten(result.position, params), result.num_iterations
 
     def em_step(v, params, x, coefficients, step_size):
       dictionary = normalize_columns(v)
