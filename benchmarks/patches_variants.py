@@ -73,8 +73,8 @@ def main(argv):
       dictionaries[LABELS[name]] = np.load(os.path.join(workdir,
                                                         'dictionary.npy'))
       orders[LABELS[name]] = np.argsort(-np.asarray(summary['scales']))
-  lines = ['| variant | ELBO | Gini (mean ± sd) | H[q] | H[prior] | H[lik] | '
-           'σ² | seconds |', '|---|---|---|---|---|---|---|---|']
+  lines = [('| variant | ELBO | Gini (mean ± sd) | H[q] | H[prior] | H[lik] | '
+            'σ² | seconds |'), '|---|---|---|---|---|---|---|---|']
   for row in rows.values():
     if 'skipped' in row:
       lines.append(f'| {row["label"]} | skipped: {row["skipped"]} |||||||')

@@ -250,8 +250,8 @@ class EMTrainer:
     record = dict(terms, epoch=self.epoch, a_q=c.q, a_prior=c.prior,
                   a_lik=c.likelihood, seconds=self._seconds,
                   batch_objective=float(np.mean(objectives)))
-    for k in record:
-      self.history.setdefault(k, []).append(record[k])
+    for k, value in record.items():
+      self.history.setdefault(k, []).append(value)
     logging.info('epoch %d: ELBO %.4f (H[q] %.3f, H[prior] %.3f, H[lik] %.3f),'
                  ' sigma2 %.4g, a_prior %.3g, %.1f s', self.epoch,
                  record['elbo'], record['q_entropy'], record['prior_entropy'],
