@@ -50,7 +50,7 @@ def test_bound_exceeds_the_elbo_and_rises_with_k(fitted):
   assert gain.mean() > 4 * gain.std() / np.sqrt(len(gain))
 
 
-def test_bound_is_chunk_invariant_in_distribution_and_validates(fitted):
+def test_chunked_bound_is_finite_per_point_and_validates(fitted):
   data, fit, model, _ = fitted
   a = importance_weighted_bound(data.x, model, fit.posterior, 50, seed=4,
                                 chunk_size=64)

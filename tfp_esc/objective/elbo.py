@@ -99,6 +99,11 @@ def reconstruction_error(x, dictionary, posterior):
     `[N]` float.
   """
   x, dictionary = _check_inputs(x, dictionary, posterior)
+  return _reconstruction_error(x, dictionary, posterior)
+
+
+def _reconstruction_error(x, dictionary, posterior):
+  # For callers that have already checked their inputs.
   residual = x - tf.matmul(posterior.loc, dictionary, transpose_b=True)
   return (tf.reduce_sum(tf.square(residual), axis=-1)
           + posterior.trace_term(dictionary))
@@ -155,7 +160,7 @@ def classical_elbo(x, dictionary, posterior, scales, noise_variance,
   num_observed = tf.cast(tf.shape(x)[-1], dtype)
   log_lik = (-0.5 * num_observed * tf.math.log(2.0 * math.pi
                                                 * noise_variance)
-             - reconstruction_error(x, dictionary, posterior)
+             - _reconstruction_error(x, dictionary, posterior)
              / (2.0 * noise_variance))
   log_prior = -tf.reduce_sum(
       tf.math.log(2.0 * scales) + _expected_magnitudes(posterior) / scales,
@@ -192,7 +197,7 @@ def elbo_statistics(x, dictionary, posterior):
   return ElboStatistics(
       count=tf.cast(tf.shape(x)[0], dtype),
       reconstruction=tf.reduce_sum(
-          reconstruction_error(x, dictionary, posterior)),
+          _reconstruction_error(x, dictionary, posterior)),
       expected_magnitude=tf.reduce_sum(_expected_magnitudes(posterior), 0),
       q_entropy=tf.reduce_sum(posterior.entropy()))
 

@@ -49,6 +49,12 @@ def _check_inputs(x, model, posterior, num_samples):
   return x, num_samples
 
 
+def _log_weights(x, model, q, num_samples, seed):
+  """log p(x, z) - log q(z) for z ~ q (reparameterized): `[S, N]`."""
+  z = q.sample(num_samples, seed=seed)
+  return model.joint_log_prob(x, z) - q.log_prob(z)
+
+
 def sampled_elbo(x, model, posterior, num_samples, seed):
   """Monte-Carlo ELBO with `num_samples` reparameterized samples per point.
 
@@ -66,9 +72,8 @@ def sampled_elbo(x, model, posterior, num_samples, seed):
     ValueError: num_samples < 1, mismatched shapes or NaN/inf data.
   """
   x, num_samples = _check_inputs(x, model, posterior, num_samples)
-  q = posterior.distribution()
-  z = q.sample(num_samples, seed=_checks.stateless_seed(seed))
-  log_weights = model.joint_log_prob(x, z) - q.log_prob(z)  # [S, N]
+  log_weights = _log_weights(x, model, posterior.distribution(), num_samples,
+                             _checks.stateless_seed(seed))  # [S, N]
   per_sample = tf.reduce_mean(log_weights, axis=-1)
   s = tf.cast(tf.shape(per_sample)[0], per_sample.dtype)
   mean = tf.reduce_mean(per_sample)
@@ -114,10 +119,8 @@ def importance_weighted_bound(x, model, posterior, num_samples, seed,
   parts = []
   for i, start in enumerate(range(0, num_points, chunk_size)):
     stop = min(start + chunk_size, num_points)
-    q_chunk = q[start:stop]
-    z = q_chunk.sample(num_samples, seed=seeds[i])  # [K, B, H]
-    log_weights = (model.joint_log_prob(x[start:stop], z)
-                   - q_chunk.log_prob(z))
+    log_weights = _log_weights(x[start:stop], model, q[start:stop],
+                               num_samples, seeds[i])  # [K, B]
     parts.append(tf.reduce_logsumexp(log_weights, axis=0)
                  - tf.math.log(tf.cast(num_samples, log_weights.dtype)))
   per_point = tf.concat(parts, axis=0)
