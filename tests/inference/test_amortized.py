@@ -1,12 +1,20 @@
-"""Amortized training: encoders, F rises, annealing, evaluation, resume."""
+"""Amortized training: encoders, F rises, annealing, evaluation, resume;
+the sampled (Monte-Carlo) ELBO objective and its dictionary gradients."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfp_esc.data.bars import make_bars
-from tfp_esc.inference.amortized import evaluate_amortized, fit_amortized
+from tfp_esc.inference.amortized import (
+  evaluate_amortized,
+  fit_amortized,
+  make_amortized_model,
+)
+from tfp_esc.inference.elbo_comparison import dictionary_gradient_variance
+from tfp_esc.model.sparse_coding import normalize_columns
 from tfp_esc.objective.annealing import get_schedule
-from tfp_esc.objective.elbo import entropy_elbo
+from tfp_esc.objective.elbo import classical_elbo, entropy_elbo
 from tfp_esc.posterior.encoders import make_encoder, posterior_from_outputs
 
 SMALL = {'hidden_units': 32, 'batch_size': 64, 'verbose': 0}
@@ -78,8 +86,12 @@ def test_full_data_evaluation_independent_of_batch_size(x):
     np.testing.assert_allclose(values['elbo'], float(whole.elbo), rtol=1e-5)
 
 
-def test_resume_equals_uninterrupted_run(x, tmp_path):
-  options = dict(SMALL, schedule=get_schedule('prior_linear'))
+@pytest.mark.parametrize('objective', ['analytic', 'sampled'])
+def test_resume_equals_uninterrupted_run(x, tmp_path, objective):
+  # The sampled objective also resumes its stateless sample seeds.
+  options = dict(SMALL, schedule=get_schedule('prior_linear')) if (
+      objective == 'analytic') else dict(SMALL, objective='sampled',
+                                         num_samples=2)
   whole, whole_history = fit_amortized(x, 10, epochs=3, **options)
   path = str(tmp_path / 'state.npz')
   fit_amortized(x, 10, epochs=2, checkpoint_path=path, **options)
@@ -115,3 +127,120 @@ def test_float64_training_reports_float64_terms():
   direct = entropy_elbo(batch, model.dictionary, model.posterior(batch))
   np.testing.assert_allclose(logs['elbo'], float(direct.elbo), rtol=1e-12)
   assert len(history['elbo']) == 1
+
+
+# Sampled (Monte-Carlo) ELBO training: the same model and step, other objective.
+
+TINY = {'hidden_units': 16, 'rank': 2}
+
+
+def _dictionary_gradients(model, x, num_seeds, base=7):
+  return np.stack([model.dictionary_gradient(x, [base, k]).numpy()
+                   for k in range(num_seeds)])
+
+
+def test_analytic_dictionary_gradient_is_the_same_for_every_seed(x):
+  model = make_amortized_model(x, 10, **TINY)
+  gradients = _dictionary_gradients(model, x[:64], 5)
+  assert np.all(np.isfinite(gradients)) and np.abs(gradients).max() > 0
+  for other in gradients[1:]:  # Bitwise the same, whatever the seed.
+    np.testing.assert_array_equal(other, gradients[0])
+  assert dictionary_gradient_variance(model, x[:64])['mean_variance'] == 0.0
+
+
+@pytest.mark.parametrize('family', ['diagonal', 'lowrank'])
+def test_sampled_gradient_variance_falls_as_one_over_s(x, family):
+  variance = {}
+  for s in (1, 100):  # Same seed: the same weights, lambda and sigma^2.
+    model = make_amortized_model(x, 10, family=family, objective='sampled',
+                                 num_samples=s, **TINY)
+    variance[s] = dictionary_gradient_variance(model, x[:64], 20, seed=3)
+  assert variance[1]['mean_variance'] > 0
+  # Expected ratio 100; 20 repeats estimate each variance to about +-30%.
+  assert (variance[100]['mean_variance']
+          < variance[1]['mean_variance'] / 20), variance
+  assert (variance[100]['mean_variance']
+          > variance[1]['mean_variance'] / 500), variance
+
+
+@pytest.mark.parametrize('family', ['diagonal', 'lowrank'])
+def test_sampled_gradient_is_unbiased_for_the_classical_elbo(family):
+  # The MC ELBO is an unbiased estimate of L(lambda, sigma^2), so the mean of
+  # its reparameterised gradients over seeds converges to grad L (float64).
+  x64 = make_bars(64, seed=1).x
+  model = make_amortized_model(x64, 10, family=family, objective='sampled',
+                               num_samples=10, **TINY)
+  num_seeds = 200
+  gradients = _dictionary_gradients(model, x64, num_seeds)
+  mean = gradients.mean(axis=0)
+  stderr = gradients.std(axis=0, ddof=1) / np.sqrt(num_seeds)
+  with tf.GradientTape(persistent=True) as tape:
+    q = model.posterior(x64)
+    dictionary = normalize_columns(model.v)
+    classical = classical_elbo(x64, dictionary, q, model.scales,
+                               model.noise_variance)
+    entropy = entropy_elbo(x64, dictionary, q).elbo
+  z = (mean - tape.gradient(classical, model.v).numpy()) / stderr
+  # 250 entries, correlated: |z| < 5 everywhere and mean z^2 near 1.
+  assert np.abs(z).max() < 5.0, np.abs(z).max()
+  assert 0.3 < np.mean(z ** 2) < 3.0, np.mean(z ** 2)
+  # Power: at lambda = 1, sigma^2 = var(x) (not lambda*, sigma^2*) grad L
+  # differs from grad F, and the test tells them apart.
+  z_entropy = (mean - tape.gradient(entropy, model.v).numpy()) / stderr
+  assert np.mean(z_entropy ** 2) > 100.0, np.mean(z_entropy ** 2)
+
+
+def test_sampled_training_raises_the_analytic_elbo(x):
+  options = dict(SMALL, family='diagonal', objective='sampled',
+                 num_samples=2, learning_rate=1e-2)
+  model, history = fit_amortized(x, 10, epochs=4, **options)
+  start, _ = fit_amortized(x, 10, epochs=0, **options)
+  before = evaluate_amortized(start, x)['elbo']
+  assert history['elbo'][-1] > before + 2.0, (before, history['elbo'])
+  np.testing.assert_allclose(float(start.noise_variance),
+                             np.var(x, axis=0).mean(), rtol=1e-5)
+  np.testing.assert_allclose(start.scales, 1.0, rtol=1e-5)
+  logs = model.test_on_batch(x[:64], return_dict=True)
+  assert set(logs) == {'elbo', 'objective', 'q_entropy', 'prior_entropy',
+                       'likelihood_entropy', 'sigma2', 'learned_sigma2'}
+  q = model.posterior(x[:64])
+  direct = entropy_elbo(x[:64], model.dictionary, q)
+  np.testing.assert_allclose(logs['elbo'], float(direct.elbo), rtol=1e-5)
+  assert np.isfinite(logs['objective'])
+  # What the MC ELBO estimates, L at the learned lambda, sigma^2, is below
+  # F = max over lambda, sigma^2 of L.
+  classical = classical_elbo(x[:64], model.dictionary, q, model.scales,
+                             model.noise_variance)
+  assert float(classical) < float(direct.elbo)
+
+
+def test_sampled_step_compiles_with_xla_and_draws_new_samples(x):
+  model = make_amortized_model(x, 10, objective='sampled', num_samples=3,
+                               jit_compile=True, **TINY)
+  seeds = []
+  for _ in range(2):
+    seeds.append(model._step_seed().numpy())  # pylint: disable=protected-access
+    logs = model.train_on_batch(x[:64], return_dict=True)
+    assert np.isfinite(logs['objective']) and np.isfinite(logs['elbo'])
+  assert model.jit_compile is True
+  assert not np.array_equal(seeds[0], seeds[1]), seeds
+
+
+
+
+def test_bad_objective_arguments_raise(x):
+  with pytest.raises(ValueError, match='objective must be one of'):
+    fit_amortized(x, 10, objective='monte_carlo', **SMALL)
+  for bad in (0, -1, 2.5, True):
+    with pytest.raises(ValueError, match='num_samples must be an integer'):
+      make_amortized_model(x, 10, objective='sampled', num_samples=bad,
+                           **TINY)
+  with pytest.raises(ValueError, match='annealing applies to the analytic'):
+    fit_amortized(x, 10, objective='sampled',
+                  schedule=get_schedule('prior_linear'), **SMALL)
+  with pytest.raises(ValueError, match='too small to start'):
+    make_amortized_model(np.ones((8, 25), np.float32), 10,
+                         objective='sampled', **TINY)
+  model = make_amortized_model(x, 10, **TINY)
+  with pytest.raises(ValueError, match="learned only with objective='sampled'"):
+    _ = model.scales

@@ -26,6 +26,7 @@ __all__ = [
   'plot_dictionaries',
   'plot_dictionary',
   'plot_dictionary_comparison',
+  'plot_elbo_vs_seconds',
   'plot_gini',
   'plot_training_curves',
 ]
@@ -404,6 +405,50 @@ def plot_gini(trace_or_values, path=None, title=None):
   ax.set_xlabel(xlabel)
   ax.set_ylabel('Gini index')
   ax.set_title('Sparsity of the codes')
+  ax.legend()
+  ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def plot_elbo_vs_seconds(traces, path=None, title=None):
+  """Plots the ELBO F against training seconds, one line per method.
+
+  E.g. the analytic F vs. the sampled ELBO with several S
+  (`tfp_esc.inference.elbo_comparison.compare_elbos`): every method is
+  evaluated with the same full-data analytic F, so the lines are comparable.
+
+  Args:
+    traces: mapping from a method's label (str) to a mapping with keys
+      'seconds' `[T]` and 'elbo' `[T]` (1-D arrays of equal length, T >= 1;
+      other keys are ignored).
+    path: optional str or path-like; the figure is written there.
+    title: optional str, the figure title.
+
+  Returns:
+    `matplotlib.figure.Figure` with one Axes.
+
+  Raises:
+    TypeError: `traces` or one of its values is not a mapping.
+    ValueError: `traces` is empty, or a trace lacks a key or holds arrays
+      that are not non-empty, 1-D and of equal length (the shapes are given).
+  """
+  if not isinstance(traces, collections.abc.Mapping):
+    raise TypeError(f'traces must be a mapping from labels to traces, got '
+                    f'{type(traces).__name__}.')
+  if not traces:
+    raise ValueError('traces must hold at least one method, got none.')
+  curves = {str(label): _curves(trace, ('seconds', 'elbo'), (),
+                                f'traces[{label!r}]')
+            for label, trace in traces.items()}
+  fig = matplotlib.figure.Figure(figsize=(6.0, 4.0), layout='constrained')
+  ax = fig.add_subplot()
+  for label, curve in curves.items():
+    ax.plot(curve['seconds'], curve['elbo'], marker='.', label=label)
+  ax.set_xlabel('training seconds')
+  ax.set_ylabel('ELBO $\\mathcal{F}$ (nats per data point)')
+  ax.set_title('ELBO $\\mathcal{F}$ (full data) vs. training time')
   ax.legend()
   ax.grid(alpha=0.3)
   if title:

@@ -2,9 +2,24 @@
 
 `AmortizedSparseCoding` is a `keras.Model` whose `train_step` minimises -F_a
 on each minibatch, jointly over the encoder's weights and the unconstrained
-dictionary V (W = V / ||V||_col). Annealing coefficients are non-trainable
-weights set by `AnnealingCallback` at the start of every epoch (so they never
-retrace the step); `CheckpointCallback` saves weights, optimizer state and
+dictionary V (W = V / ||V||_col).
+
+With `objective='sampled'` the same step instead minimises minus the standard
+reparameterised Monte-Carlo ELBO (`tfp_esc.objective.sampled`),
+
+  (1/S) sum_s (1/B) sum_n [log p(x_n, z_sn | W, lambda, sigma^2)
+                           - log q(z_sn | x_n)],   z_sn ~ q(z | x_n),
+
+which has no closed-form optimum in lambda and sigma^2: both are trainable
+weights (softplus plus a floor). Its samples use the stateless seed
+[sample_seed, optimizer step], so every step draws new noise inside one
+(XLA-compilable) `tf.function` and a resumed run repeats the same draws.
+Both objectives report the analytic F of the batch ('elbo'), so their curves
+are comparable.
+
+Annealing coefficients (analytic objective) are non-trainable weights set by
+`AnnealingCallback` at the start of every epoch (so they never retrace the
+step); `CheckpointCallback` saves weights, optimizer state and
 history atomically after every epoch; `fit_amortized` wires these with the
 usual Keras progress bar and optional TensorBoard.
 
@@ -22,20 +37,51 @@ import tensorflow as tf
 from absl import logging
 
 from tfp_esc import _checks, artifacts
-from tfp_esc.model.sparse_coding import normalize_columns
+from tfp_esc.model.sparse_coding import SparseCodingModel, normalize_columns
 from tfp_esc.objective import elbo as elbo_lib
+from tfp_esc.objective import sampled as sampled_lib
 from tfp_esc.objective.annealing import NoAnnealing
 from tfp_esc.posterior.encoders import make_encoder, posterior_from_outputs
 
-__all__ = ['AmortizedSparseCoding', 'AnnealingCallback', 'CheckpointCallback',
-           'evaluate_amortized', 'fit_amortized']
+__all__ = ['OBJECTIVES', 'AmortizedSparseCoding', 'AnnealingCallback',
+           'CheckpointCallback', 'batch_order', 'evaluate_amortized',
+           'fit_amortized', 'make_amortized_model']
+
+OBJECTIVES = ('analytic', 'sampled')
 
 _TERMS = ('elbo', 'objective', 'q_entropy', 'prior_entropy',
           'likelihood_entropy', 'sigma2')
+# Extra metric of the sampled objective: its learned sigma^2 ('sigma2' is
+# sigma^2* of the batch for both objectives).
+_SAMPLED_TERMS = ('learned_sigma2',)
+# Floors of the learned lambda and sigma^2 (sampled objective): softplus(raw)
+# + floor, as for the posterior scales.
+_SCALE_FLOOR = 1e-3
+_NOISE_FLOOR = 1e-6
+
+
+def _check_objective(objective, num_samples):
+  """Returns (objective, int num_samples) or raises ValueError."""
+  if objective not in OBJECTIVES:
+    raise ValueError(f'objective must be one of {list(OBJECTIVES)}, got '
+                     f'{objective!r}.')
+  if (isinstance(num_samples, bool) or not np.isscalar(num_samples)
+      or not float(num_samples).is_integer() or int(num_samples) < 1):
+    raise ValueError(f'num_samples must be an integer >= 1, got '
+                     f'{num_samples!r}.')
+  return objective, int(num_samples)
+
+
+def _inverse_softplus(value, floor, name):
+  """raw with softplus(raw) + floor = value (> floor), as a float."""
+  value = float(value)
+  if not (np.isfinite(value) and value > floor):
+    raise ValueError(f'{name} must be finite and > {floor}, got {value!r}.')
+  return float(np.log(np.expm1(value - floor)))
 
 
 class AmortizedSparseCoding(keras.Model):
-  """Encoder q(z | x) plus unit-norm dictionary, trained on the entropy ELBO.
+  """Encoder q(z | x) plus unit-norm dictionary, trained on an ELBO.
 
   Args:
     encoder: a model from `make_encoder` for `family`.
@@ -43,13 +89,30 @@ class AmortizedSparseCoding(keras.Model):
     num_latents: H.
     family: the encoder's posterior family.
     seed: seeds the initial dictionary.
+    objective: 'analytic' (the entropy ELBO F_a, with the optimal lambda*,
+      sigma^2* of each batch) or 'sampled' (the Monte-Carlo ELBO with
+      learned lambda, sigma^2).
+    num_samples: S >= 1, reparameterised samples per data point and step
+      (sampled objective only).
+    sample_seed: base of the stateless sampling seeds (default `seed`).
+    initial_scale: initial learned lambda_h (sampled objective only).
+    initial_noise_variance: initial learned sigma^2 (sampled objective only;
+      e.g. the data variance).
+
+  Raises:
+    ValueError: an unknown objective, num_samples < 1, or a non-positive
+      initial scale or noise variance.
   """
 
   def __init__(self, encoder, num_observed, num_latents, family, seed=0,
-               **kwargs):
+               objective='analytic', num_samples=1, sample_seed=None,
+               initial_scale=1.0, initial_noise_variance=1.0, **kwargs):
     super().__init__(**kwargs)
+    self.objective, self.num_samples = _check_objective(objective,
+                                                        num_samples)
     self.encoder = encoder
     self.family = family
+    self.sample_seed = int(seed if sample_seed is None else sample_seed)
     dtype = encoder.inputs[0].dtype
     self.v = self.add_weight(
         shape=(num_observed, num_latents), name='dictionary', dtype=dtype,
@@ -57,9 +120,24 @@ class AmortizedSparseCoding(keras.Model):
     self.coefficients = self.add_weight(
         shape=(3,), name='annealing', dtype=dtype, trainable=False,
         initializer='ones')
+    names = _TERMS
+    if self.objective == 'sampled':
+      # Only the sampled model has these weights, so analytic models keep
+      # their weight lists (and checkpoints) unchanged.
+      self.raw_scales = self.add_weight(
+          shape=(num_latents,), name='raw_scales', dtype=dtype,
+          initializer=keras.initializers.Constant(_inverse_softplus(
+              initial_scale, _SCALE_FLOOR, 'initial_scale')))
+      self.raw_noise_variance = self.add_weight(
+          shape=(), name='raw_noise_variance', dtype=dtype,
+          initializer=keras.initializers.Constant(_inverse_softplus(
+              initial_noise_variance, _NOISE_FLOOR,
+              'initial_noise_variance')))
+      names = _TERMS + _SAMPLED_TERMS
     # Trackers in the model's dtype, so float64 runs report float64 values.
     self.trackers = {k: keras.metrics.Mean(name=k, dtype=dtype)
-                     for k in _TERMS}
+                     for k in names}
+    self._gradient_function = None
 
   @property
   def metrics(self):
@@ -70,6 +148,28 @@ class AmortizedSparseCoding(keras.Model):
     """`[D, H]` unit-norm W."""
     return normalize_columns(tf.convert_to_tensor(self.v))
 
+  def _learned(self, name):
+    if self.objective != 'sampled':
+      raise ValueError(
+          f'{name} is learned only with objective=\'sampled\'; the '
+          'analytic objective uses the optimal lambda*, sigma^2* of each '
+          'batch (see evaluate_amortized).')
+    raw, floor = {'scales': (self.raw_scales, _SCALE_FLOOR),
+                  'noise_variance': (self.raw_noise_variance,
+                                     _NOISE_FLOOR)}[name]
+    raw = tf.convert_to_tensor(raw)
+    return tf.math.softplus(raw) + tf.constant(floor, raw.dtype)
+
+  @property
+  def scales(self):
+    """`[H]` learned lambda (sampled objective only; else ValueError)."""
+    return self._learned('scales')
+
+  @property
+  def noise_variance(self):
+    """`[]` learned sigma^2 (sampled objective only; else ValueError)."""
+    return self._learned('noise_variance')
+
   def posterior(self, x):
     """q(z | x) for x `[B, D]`: a `GaussianPosterior`."""
     return posterior_from_outputs(self.encoder(x), self.family)
@@ -79,14 +179,53 @@ class AmortizedSparseCoding(keras.Model):
 
   def terms(self, x):
     """`EntropyElbo` of the batch x `[B, D]` at the current coefficients."""
-    a = tf.convert_to_tensor(self.coefficients)
-    return elbo_lib.entropy_elbo(x, self.dictionary, self.posterior(x),
-                                 a[0], a[1], a[2])
+    return self._terms(x, self.posterior(x))
 
-  def _update(self, terms):
+  def _terms(self, x, posterior):
+    a = tf.convert_to_tensor(self.coefficients)
+    return elbo_lib.entropy_elbo(x, self.dictionary, posterior, a[0], a[1],
+                                 a[2])
+
+  def _step_seed(self):
+    """Stateless seed `[2]` int32: [sample_seed, optimizer step]."""
+    optimizer = getattr(self, 'optimizer', None)
+    step = (tf.zeros([], tf.int64) if optimizer is None
+            else tf.convert_to_tensor(optimizer.iterations))
+    return tf.stack([tf.constant(self.sample_seed % 2**31, tf.int32),
+                     tf.cast(step % 2**31, tf.int32)])
+
+  def objective_values(self, x, seed):
+    """The objective that training maximises on x, and the batch's metrics.
+
+    Args:
+      x: `[B, D]` float batch, the model's dtype.
+      seed: stateless seed (int or `[2]` int tensor) of the Monte-Carlo
+        samples; ignored by the analytic objective.
+
+    Returns:
+      (objective, values): objective `[]` float, the annealed F_a
+      (analytic) or the Monte-Carlo ELBO with the learned lambda, sigma^2
+      (sampled); values, a dict of `[]` floats keyed by the metric names
+      ('elbo' is the analytic, non-annealed F of the batch in both cases;
+      'objective' is `objective`; 'sigma2' is sigma^2* of the batch; the
+      sampled objective adds 'learned_sigma2').
+    """
+    posterior = self.posterior(x)
+    terms = self._terms(x, posterior)
     values = dict(zip(_TERMS, (terms.elbo, terms.objective, terms.q_entropy,
                                terms.prior_entropy, terms.likelihood_entropy,
                                terms.noise_variance)))
+    if self.objective == 'analytic':
+      return terms.objective, values
+    noise_variance = self.noise_variance
+    model = SparseCodingModel(self.dictionary, self.scales, noise_variance,
+                              validate=False)
+    estimate = sampled_lib.sampled_elbo(x, model, posterior, self.num_samples,
+                                        _checks.stateless_seed(seed))
+    values.update(objective=estimate.mean, learned_sigma2=noise_variance)
+    return estimate.mean, values
+
+  def _update(self, values):
     for k, v in values.items():
       self.trackers[k].update_state(v)
     return {k: t.result() for k, t in self.trackers.items()}
@@ -95,17 +234,41 @@ class AmortizedSparseCoding(keras.Model):
     # Keras passes a dataset's single tensor x, possibly wrapped as (x,).
     x = data[0] if isinstance(data, tuple) else data
     with tf.GradientTape() as tape:
-      terms = self.terms(x)
+      objective, values = self.objective_values(x, self._step_seed())
       loss = tf.debugging.assert_all_finite(
-          -terms.objective, 'amortized train_step: the annealed objective F_a '
+          -objective, f'amortized train_step: the {self.objective} objective '
           'of this batch is NaN or inf (check the data and the learning rate)')
     gradients = tape.gradient(loss, self.trainable_variables)
     self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-    return self._update(terms)
+    return self._update(values)
 
   def test_step(self, data):
     x = data[0] if isinstance(data, tuple) else data
-    return self._update(self.terms(x))
+    return self._update(self.objective_values(x, self._step_seed())[1])
+
+  def dictionary_gradient(self, x, seed=0):
+    """Gradient of the training objective in the dictionary, for one batch.
+
+    The gradient that a training step hands the optimizer for V (up to the
+    sign: this is the gradient of the objective, which training maximises),
+    with the Monte-Carlo samples drawn from `seed`. The analytic objective
+    ignores `seed`, so its gradient is the same for every seed.
+
+    Args:
+      x: `[B, D]` float batch (converted to the model's dtype).
+      seed: stateless seed (int or `[2]` int tensor).
+
+    Returns:
+      `[D, H]` float tensor, d objective / d V.
+    """
+    x = _checks.as_float_tensor(x, 'x', self.v.dtype, rank=2)
+    if self._gradient_function is None:
+      def gradient(x, seed):
+        with tf.GradientTape() as tape:
+          objective, _ = self.objective_values(x, seed)
+        return tape.gradient(objective, self.v)
+      self._gradient_function = tf.function(gradient, reduce_retracing=True)
+    return self._gradient_function(x, _checks.stateless_seed(seed))
 
 
 class AnnealingCallback(keras.callbacks.Callback):
@@ -206,11 +369,81 @@ def _restore_state(path, model):
   return state
 
 
+def batch_order(num_points, batch_size, seed, first_epoch, last_epoch):
+  """Batch indices of epochs [first_epoch, last_epoch): `[E, steps, B]` int.
+
+  Each epoch is a permutation that depends only on (seed, epoch), cut into
+  N // B batches (the last partial batch is dropped), so a resumed run sees
+  the same batches as an uninterrupted one.
+  """
+  steps = num_points // int(batch_size)
+  if last_epoch <= first_epoch:
+    return np.zeros((0, steps, batch_size), np.int64)
+  return np.stack([
+      np.random.default_rng([seed, e]).permutation(num_points)[
+          :steps * batch_size].reshape(steps, batch_size)
+      for e in range(first_epoch, int(last_epoch))])
+
+
+def make_amortized_model(x, num_latents, *, family='diagonal', rank=5,
+                         learning_rate=1e-3, seed=0, hidden_units=256,
+                         num_blocks=2, objective='analytic', num_samples=1,
+                         jit_compile='auto'):
+  """A compiled, untrained `AmortizedSparseCoding` for data like x.
+
+  Same arguments, same initial weights: the encoder and V depend only on
+  `seed`. The sampled objective starts at lambda = 1 and sigma^2 = the data
+  variance (the mean over dimensions of the variance of x).
+
+  Args:
+    x: `[N, D]` float32/float64 data (fixes D, the dtype and sigma^2's start).
+    num_latents: H.
+    family: 'diagonal', 'lowrank' or 'full'.
+    rank: R of the low-rank family.
+    learning_rate: Adam learning rate.
+    seed: seeds the weights and the Monte-Carlo samples.
+    hidden_units, num_blocks: encoder size.
+    objective: 'analytic' or 'sampled'.
+    num_samples: S >= 1 (sampled objective).
+    jit_compile: Keras' `compile(jit_compile=...)`: True, False or 'auto'
+      (XLA on accelerators, not on CPU-only machines).
+
+  Returns:
+    `AmortizedSparseCoding` compiled with Adam.
+
+  Raises:
+    ValueError: bad shapes, NaN/inf data, an unknown family or objective,
+      num_samples < 1, constant data with the sampled objective.
+  """
+  x = _checks.as_float_tensor(x, 'x', rank=2)
+  _checks.check_finite(x, 'x')
+  objective, num_samples = _check_objective(objective, num_samples)
+  num_observed = int(x.shape[1])
+  keras.utils.set_random_seed(seed)
+  encoder = make_encoder(num_observed, num_latents, family, rank,
+                         hidden_units, num_blocks, seed=seed,
+                         dtype=x.dtype.name)
+  options = {}
+  if objective == 'sampled':
+    variance = float(np.mean(np.var(x.numpy(), axis=0)))
+    if not variance > _NOISE_FLOOR:
+      raise ValueError(f'x has variance {variance:.3g}: too small to start '
+                       'the learned noise variance of the sampled objective.')
+    options = {'num_samples': num_samples,
+               'initial_noise_variance': variance}
+  model = AmortizedSparseCoding(encoder, num_observed, num_latents, family,
+                                seed=seed, objective=objective, **options)
+  # A new optimizer per model: Keras 3 optimizers cannot move to new variables.
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                jit_compile=jit_compile)
+  return model
+
+
 def fit_amortized(x, num_latents, *, family='diagonal', rank=5, schedule=None,
                   epochs=10, batch_size=512, learning_rate=1e-3, seed=0,
                   hidden_units=256, num_blocks=2, checkpoint_path=None,
                   resume=False, tensorboard_dir=None, on_epoch_end=None,
-                  verbose=1):
+                  verbose=1, objective='analytic', num_samples=1):
   """Trains encoder and dictionary by Adam on F_a (the Keras way).
 
   Args:
@@ -218,39 +451,47 @@ def fit_amortized(x, num_latents, *, family='diagonal', rank=5, schedule=None,
     num_latents: H.
     family: 'diagonal', 'lowrank' or 'full'.
     rank: R of the low-rank family.
-    schedule: annealing schedule by epoch (default none).
+    schedule: annealing schedule by epoch (default none; analytic only).
     epochs: total epochs (a resumed run counts those done).
     batch_size: minibatch size (the last partial batch is dropped).
     learning_rate: Adam learning rate.
-    seed: seeds weights and the batch order.
+    seed: seeds weights, the batch order and the Monte-Carlo samples.
     hidden_units, num_blocks: encoder size.
     checkpoint_path: optional .npz saved atomically after every epoch.
     resume: continue from `checkpoint_path` if it exists.
     tensorboard_dir: optional TensorBoard log folder.
     on_epoch_end: optional `f(model, epoch) -> dict` of extra metrics.
     verbose: Keras progress-bar verbosity.
+    objective: 'analytic' (F_a) or 'sampled' (Monte-Carlo ELBO with learned
+      lambda, sigma^2; see `AmortizedSparseCoding`).
+    num_samples: S >= 1, samples per point and step (sampled objective).
 
   Returns:
     (model, history): the trained `AmortizedSparseCoding` and per-epoch lists
-    of full-data terms, coefficients and seconds.
+    of full-data terms (the analytic F, whatever the objective),
+    coefficients and seconds.
 
   Raises:
-    ValueError: bad shapes, NaN/inf data, batch_size > N.
+    ValueError: bad shapes, NaN/inf data, batch_size > N, an unknown
+      objective, num_samples < 1, an annealing schedule with the sampled
+      objective.
   """
   x = _checks.as_float_tensor(x, 'x', rank=2)
   _checks.check_finite(x, 'x')
-  num_points, num_observed = (int(s) for s in x.shape)
+  objective, num_samples = _check_objective(objective, num_samples)
+  if (objective == 'sampled' and schedule is not None
+      and not isinstance(schedule, NoAnnealing)):
+    raise ValueError('schedule: entropy annealing applies to the analytic '
+                     "objective only; pass schedule=None with "
+                     "objective='sampled'.")
+  num_points = int(x.shape[0])
   if not 0 < int(batch_size) <= num_points:
     raise ValueError(f'batch_size must be in [1, N={num_points}], got '
                      f'{batch_size}.')
-  keras.utils.set_random_seed(seed)
-  encoder = make_encoder(num_observed, num_latents, family, rank,
-                         hidden_units, num_blocks, seed=seed,
-                         dtype=x.dtype.name)
-  model = AmortizedSparseCoding(encoder, num_observed, num_latents, family,
-                                seed=seed)
-  # A new optimizer per model: Keras 3 optimizers cannot move to new variables.
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+  model = make_amortized_model(
+      x, num_latents, family=family, rank=rank, learning_rate=learning_rate,
+      seed=seed, hidden_units=hidden_units, num_blocks=num_blocks,
+      objective=objective, num_samples=num_samples)
   history, seconds, initial_epoch = {}, 0.0, 0
   if resume and checkpoint_path and os.path.exists(checkpoint_path):
     state = _restore_state(checkpoint_path, model)
@@ -259,11 +500,7 @@ def fit_amortized(x, num_latents, *, family='diagonal', rank=5, schedule=None,
     logging.info('Resumed from %s at epoch %d.', checkpoint_path,
                  initial_epoch)
   steps = num_points // int(batch_size)
-  order = np.stack([
-      np.random.default_rng([seed, e]).permutation(num_points)[
-          :steps * batch_size].reshape(steps, batch_size)
-      for e in range(initial_epoch, int(epochs))]) if epochs > initial_epoch \
-      else np.zeros((0, steps, batch_size), np.int64)
+  order = batch_order(num_points, batch_size, seed, initial_epoch, epochs)
   dataset = tf.data.Dataset.from_tensor_slices(
       order.reshape(-1, batch_size)).map(lambda i: tf.gather(x, i))
   callbacks = [
