@@ -31,7 +31,9 @@ setuptools.setup(
         'scikit-image>=0.22',
     ],
     extras_require={
-        'test': ['pytest>=8', 'hypothesis>=6.100'],
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'scikit-learn>=1.4'],
+        # MAP / l1 dictionaries (tfp_esc.evaluation.map_baseline).
+        'baselines': ['scikit-learn>=1.4'],
         # TF 2.21 no longer installs TensorBoard; only its callback needs it.
         'tensorboard': ['tensorboard>=2.20'],
     },

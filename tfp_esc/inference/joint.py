@@ -7,6 +7,22 @@ fresh history) until the ELBO stops changing. With `train_dictionary=False`
 the same routine fits only the variational parameters for a frozen
 dictionary (e.g. the ground-truth ELBO of the bars).
 
+Held-out evaluation (SPEC 12): with the dictionary frozen and `scales`
+lambda and `noise_variance` sigma^2 given (e.g. those learned on training
+data), the variational parameters maximise the classical ELBO
+L(lambda, sigma^2) (SPEC 4) instead of F, which would use the lambda*,
+sigma^2* of the data at hand. Per data point,
+
+  L = H[q] - CE_prior - CE_lik,
+  CE_prior = -E_q log p(z | lambda)
+           = sum_h [log(2 lambda_h) + (1/N) sum_n A(nu_nh, sqrt(T_n,hh)) / lambda_h]
+  CE_lik   = -E_q log p(x | z, sigma^2)
+           = (D/2) log(2 pi sigma^2) + (1/N) sum_n E_q||x_n - W z||^2 / (2 sigma^2),
+
+the cross-entropies that become the entropies H[p(z | lambda*)],
+H[p(x | z, sigma^2*)] of F at lambda = lambda*, sigma^2 = sigma^2*
+(Theorem 1).
+
 Annealing schedules are indexed by the L-BFGS call: call k optimises F_a with
 the coefficients `schedule(k)`.
 """
@@ -22,7 +38,7 @@ from absl import logging
 from tfp_esc import _checks
 from tfp_esc.model.sparse_coding import normalize_columns
 from tfp_esc.objective.annealing import NoAnnealing
-from tfp_esc.objective.elbo import entropy_elbo
+from tfp_esc.objective.elbo import EntropyElbo, elbo_statistics, entropy_elbo
 from tfp_esc.posterior.gaussian import DEFAULT_SCALE_FLOOR, get_family
 
 __all__ = ['JointFitResult', 'fit_joint']
@@ -36,11 +52,17 @@ TRACE_KEYS = ('elbo', 'objective', 'q_entropy', 'prior_entropy',
 class JointFitResult:
   """What `fit_joint` learned.
 
+  With frozen `scales` and `noise_variance` (held-out evaluation) `scales`,
+  `noise_variance` are the frozen values, `elbo` is L(lambda, sigma^2) and the
+  trace's 'prior_entropy' and 'likelihood_entropy' hold the cross-entropies
+  CE_prior and CE_lik of the module doc (so elbo = q_entropy - prior_entropy
+  - likelihood_entropy in both cases).
+
   Attributes:
     dictionary: `[D, H]` unit-norm W.
-    scales: `[H]` lambda* at the end.
-    noise_variance: sigma^2* at the end.
-    elbo: final non-annealed F per data point.
+    scales: `[H]` lambda* at the end (or the frozen lambda).
+    noise_variance: sigma^2* at the end (or the frozen sigma^2).
+    elbo: final non-annealed F per data point (or L(lambda, sigma^2)).
     posterior: the fitted `GaussianPosterior` (N points).
     posterior_params: dict of unconstrained parameter arrays.
     trace: dict of `[num_calls + 1]` arrays (entry 0: the initial state),
@@ -61,8 +83,13 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
               schedule=None, init_dictionary=None, train_dictionary=True,
               max_calls=100, max_iterations=200, num_correction_pairs=10,
               tolerance=1e-7, init_scale=0.1, scale_floor=DEFAULT_SCALE_FLOOR,
-              seed=0, jit_compile=True, log_every=1):
+              seed=0, jit_compile=True, log_every=1, scales=None,
+              noise_variance=None):
   """Maximises the entropy ELBO by repeated joint L-BFGS calls.
+
+  With `scales` and `noise_variance` given (and `train_dictionary=False`),
+  maximises instead the classical ELBO L at those frozen values over the
+  variational parameters: held-out evaluation, see the module doc.
 
   Args:
     x: `[N, D]` float32/float64 data (its dtype is the computation's).
@@ -84,12 +111,20 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
     seed: seeds the random initial dictionary and low-rank factors.
     jit_compile: compile each L-BFGS call with XLA.
     log_every: log progress every this many calls (0: never).
+    scales: optional `[H]` positive, finite frozen lambda (for the unit-norm
+      columns of the dictionary); give it together with `noise_variance`.
+    noise_variance: optional positive, finite scalar frozen sigma^2.
 
   Returns:
-    `JointFitResult`.
+    `JointFitResult`; its `elbo` is L(scales, noise_variance) when those are
+    given, else F.
 
   Raises:
-    ValueError: bad shapes, NaN/inf data, unknown family, missing H.
+    ValueError: bad shapes, NaN/inf data, unknown family, missing H; only one
+      of scales / noise_variance given, or either given together with
+      `train_dictionary=True` or a `schedule`; scales not `[H]` or
+      noise_variance not a scalar (shapes printed); either not positive
+      and finite.
     FloatingPointError: the ELBO or parameters became NaN/inf (says where).
   """
   x = _checks.as_float_tensor(x, 'x', rank=2)
@@ -97,7 +132,6 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   dtype = x.dtype
   num_points, num_observed = x.shape
   family = get_family(posterior)
-  schedule = NoAnnealing() if schedule is None else schedule
   rng = np.random.default_rng(seed)
   if init_dictionary is None:
     if num_latents is None:
@@ -116,6 +150,9 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   if int(max_calls) < 1 or int(max_iterations) < 1:
     raise ValueError(f'max_calls and max_iterations must be >= 1, got '
                      f'{max_calls} and {max_iterations}.')
+  frozen_parameters = _check_frozen_parameters(
+      scales, noise_variance, num_latents, dtype, train_dictionary,
+      schedule is not None)
 
   params = family.init_unconstrained(
       num_points, num_latents, dtype, scale=init_scale, rank=rank,
@@ -127,6 +164,7 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   sizes = [int(np.prod(s)) for s in shapes]
   position = tf.concat([tf.reshape(p, [-1]) for p in parts], axis=0)
   frozen = normalize_columns(init_dictionary)
+  schedule = NoAnnealing() if schedule is None else schedule
 
   def unpack(flat):
     pieces = [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
@@ -136,6 +174,8 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
 
   def terms_at(flat, coefficients):
     dictionary, q = unpack(flat)
+    if frozen_parameters is not None:
+      return _classical_terms(x, dictionary, q, *frozen_parameters)
     return entropy_elbo(x, dictionary, q, coefficients[0], coefficients[1],
                         coefficients[2])
 
@@ -214,3 +254,59 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
       noise_variance=float(terms.noise_variance), elbo=float(terms.elbo),
       posterior=q, posterior_params=dict(zip(names, pieces)),
       trace={k: np.asarray(v) for k, v in trace.items()}, converged=converged)
+
+
+def _check_frozen_parameters(scales, noise_variance, num_latents, dtype,
+                             train_dictionary, has_schedule):
+  """Checks frozen lambda `[H]` and sigma^2 `[]`; None when neither is given."""
+  if scales is None and noise_variance is None:
+    return None
+  if scales is None or noise_variance is None:
+    raise ValueError('give both scales and noise_variance (the frozen lambda '
+                     'and sigma^2) or neither; got '
+                     f'scales={"None" if scales is None else "given"}, '
+                     f'noise_variance='
+                     f'{"None" if noise_variance is None else "given"}.')
+  if train_dictionary:
+    raise ValueError('frozen scales and noise_variance need '
+                     'train_dictionary=False (held-out evaluation of a '
+                     'trained model).')
+  if has_schedule:
+    raise ValueError('frozen scales and noise_variance maximise the '
+                     'non-annealed classical ELBO L; do not give a schedule.')
+  scales = _checks.as_float_tensor(np.asarray(scales), 'scales', dtype)
+  noise_variance = _checks.as_float_tensor(np.asarray(noise_variance),
+                                           'noise_variance', dtype)
+  if scales.shape != (num_latents,):
+    raise ValueError(f'scales must have shape [H] = [{num_latents}] (the '
+                     'dictionary\'s number of columns), got shape '
+                     f'{scales.shape.as_list()}.')
+  if noise_variance.shape.rank != 0:
+    raise ValueError(f'noise_variance must be a scalar, got shape '
+                     f'{noise_variance.shape.as_list()}.')
+  _checks.check_positive(scales, 'scales')
+  _checks.check_positive(noise_variance, 'noise_variance')
+  return scales, noise_variance
+
+
+def _classical_terms(x, dictionary, posterior, scales, noise_variance):
+  """L(lambda, sigma^2) and its terms (module doc) as an `EntropyElbo`.
+
+  From the same sums as F (`elbo_statistics`): at lambda*, sigma^2* it is F
+  up to rounding, and at any values `classical_elbo` up to rounding.
+  """
+  statistics = elbo_statistics(x, dictionary, posterior)
+  count = statistics.count
+  num_observed = tf.cast(tf.shape(x)[-1], x.dtype)
+  q_entropy = statistics.q_entropy / count
+  prior_cross_entropy = tf.reduce_sum(
+      tf.math.log(2.0 * scales) + statistics.expected_magnitude
+      / (count * scales))
+  likelihood_cross_entropy = (
+      0.5 * num_observed * tf.math.log(2.0 * np.pi * noise_variance)
+      + statistics.reconstruction / (2.0 * count * noise_variance))
+  elbo = q_entropy - prior_cross_entropy - likelihood_cross_entropy
+  return EntropyElbo(elbo=elbo, objective=elbo, q_entropy=q_entropy,
+                     prior_entropy=prior_cross_entropy,
+                     likelihood_entropy=likelihood_cross_entropy,
+                     noise_variance=noise_variance, scales=scales)
