@@ -32,6 +32,11 @@ flags.DEFINE_string('images', None, 'IMAGES.mat, image folder or .npy/.npz; '
 flags.DEFINE_integer('seed', _D.seed, 'Seed.')
 flags.DEFINE_bool('warm_start', _D.warm_start,
                   'EM: start E-steps from the previous parameters.')
+flags.DEFINE_enum('e_step', None, ['newton', 'lbfgs'],
+                  'EM E-step; default: newton for diagonal posteriors '
+                  'without prior annealing, else lbfgs.')
+flags.DEFINE_integer('e_step_iterations', None,
+                     'EM E-step iterations; default 10 (newton), 100 (lbfgs).')
 flags.DEFINE_string('output_dir', 'runs/patches', 'Where outputs are written.')
 flags.DEFINE_bool('resume', False, 'Continue from the checkpoint in '
                   '--output_dir.')
@@ -45,7 +50,8 @@ def main(argv):
       annealing=FLAGS.annealing, num_patches=FLAGS.num_patches,
       num_latents=FLAGS.num_latents, patch_size=FLAGS.patch_size,
       epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, images=FLAGS.images,
-      seed=FLAGS.seed, warm_start=FLAGS.warm_start)
+      seed=FLAGS.seed, warm_start=FLAGS.warm_start, e_step=FLAGS.e_step,
+      e_step_iterations=FLAGS.e_step_iterations)
   experiment.train_patches(config, FLAGS.output_dir, resume=FLAGS.resume)
 
 

@@ -206,7 +206,11 @@ class PatchesConfig:
       patches; None: the embedded scikit-image photographs.
     seed: seeds patches, initialisation and batch order.
     warm_start: EM E-steps start from each point's previous parameters.
-    e_step_iterations: most L-BFGS iterations per EM E-step.
+    e_step: EM E-step, 'newton' or 'lbfgs'; None: Newton for diagonal
+      posteriors without prior annealing, L-BFGS otherwise (see
+      `tfp_esc.inference.em.EMTrainer`).
+    e_step_iterations: iterations per EM E-step; None: 10 (Newton) or 100
+      (L-BFGS).
     m_step_size: EM gradient step on the dictionary.
     learning_rate: Adam learning rate (amortized).
     dtype: 'float32' or 'float64'.
@@ -225,7 +229,8 @@ class PatchesConfig:
   images: str | None = None
   seed: int = 0
   warm_start: bool = False
-  e_step_iterations: int = 100
+  e_step: str | None = None
+  e_step_iterations: int | None = None
   m_step_size: float = 0.5
   learning_rate: float = 1e-3
   dtype: str = 'float32'
@@ -253,7 +258,7 @@ def _train_patches_em(config, x, workdir, resume):
       checkpoint_path=os.path.join(workdir, 'checkpoint.npz'), resume=resume,
       on_epoch_end=gini, posterior=config.posterior, rank=config.rank,
       schedule=get_schedule(config.annealing), batch_size=config.batch_size,
-      e_step_iterations=config.e_step_iterations,
+      e_step=config.e_step, e_step_iterations=config.e_step_iterations,
       m_step_size=config.m_step_size, warm_start=config.warm_start,
       seed=config.seed)
   return result.dictionary, result.history

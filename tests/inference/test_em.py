@@ -29,9 +29,9 @@ def _batch_objective(trainer, indices, params, coefficients):
   return float(entropy_elbo(trainer.x[indices], w, q, *coefficients).objective)
 
 
-@pytest.fixture(scope='module')
-def trained(x):
-  trainer = EMTrainer(x, 10, **OPTIONS)
+@pytest.fixture(scope='module', params=['newton', 'lbfgs'])
+def trained(x, request):
+  trainer = EMTrainer(x, 10, e_step=request.param, **OPTIONS)
   trainer.run_epoch()  # so that warm starts differ from fresh ones
   return trainer
 
@@ -46,7 +46,8 @@ def test_e_step_never_lowers_the_batch_objective(trained, coefficients, fresh):
     before = _batch_objective(trainer, batch, start, coefficients)
     after = _batch_objective(trainer, batch, fitted, coefficients)
     assert after >= before - 1e-4 * abs(before), (before, after)
-    assert after > before  # and it does improve
+    if fresh:  # warm starts may already sit at the evaluation's optimum
+      assert after > before
 
 
 def test_epochs_keep_unit_norms_and_raise_the_elbo(x):
@@ -96,6 +97,10 @@ def test_bad_input_raises(x, tmp_path):
     EMTrainer(x, 10, **dict(OPTIONS, batch_size=1000))
   with pytest.raises(ValueError, match=r'init_dictionary has shape \(24, 10\)'):
     EMTrainer(x, 10, init_dictionary=np.ones((24, 10)), **OPTIONS)
+  with pytest.raises(ValueError, match="e_step must be one of"):
+    EMTrainer(x, 10, e_step='adam', **OPTIONS)
+  with pytest.raises(ValueError, match="needs posterior='diagonal'"):
+    EMTrainer(x, 10, posterior='full', e_step='newton', **OPTIONS)
   trainer = EMTrainer(x, 10, **OPTIONS)
   with pytest.raises(FileNotFoundError, match='does not exist'):
     trainer.restore(str(tmp_path / 'none.npz'))

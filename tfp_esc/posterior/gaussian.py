@@ -169,6 +169,19 @@ class DiagonalGaussian(GaussianPosterior):
     dtype = params['loc'].dtype
     return cls(params['loc'], _softplus(floor, dtype).forward(params['scale']))
 
+  def to_unconstrained(self, floor=DEFAULT_SCALE_FLOOR):
+    """The unconstrained parameters that `from_unconstrained` maps to self.
+
+    Args:
+      floor: the parameterisation's scale floor; every scale must exceed it.
+
+    Returns:
+      dict 'loc' `[..., H]`, 'scale' `[..., H]` (inverse softplus of
+      scale - floor).
+    """
+    return {'loc': self.loc,
+            'scale': _softplus(floor, self.dtype).inverse(self.scale)}
+
 
 class FullGaussian(GaussianPosterior):
   """q_n = N(loc_n, L_n L_n^T); `scale_tril` `[..., H, H]` with diagonal > 0."""
