@@ -51,7 +51,7 @@ E_STEPS = ('newton', 'lbfgs')
 _DEFAULT_ITERATIONS = {'newton': 10, 'lbfgs': 100}
 # Iterations of the evaluation re-fit (Newton for diagonal posteriors, else
 # L-BFGS), keyed by "is diagonal".
-_EVAL_ITERATIONS = {True: 30, False: 100}
+_EVAL_ITERATIONS = {True: 12, False: 100}
 
 
 @dataclasses.dataclass
@@ -92,7 +92,7 @@ class EMTrainer:
       L-BFGS: at most that many); default 10 for Newton, 100 for L-BFGS.
     eval_iterations: iterations of the re-fit behind every epoch's ELBO,
       which uses Newton for diagonal posteriors whatever `e_step` is (one
-      yardstick for both E-steps; default 30) and L-BFGS otherwise
+      yardstick for both E-steps; default 12) and L-BFGS otherwise
       (default 100).
     num_correction_pairs: L-BFGS history size.
     m_step_size: gradient-ascent step on V.

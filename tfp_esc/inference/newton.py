@@ -78,8 +78,8 @@ def _directions(x, dictionary, gram, projected, loc, scale, coefficients,
   """Newton directions at (loc, scale) `[B, H]`; see the module doc.
 
   Returns `_Directions`: the per-point step (fixed lambda, sigma^2) and, if
-  `coupled`, the Newton step of -F_a B itself (else zeros) and whether its
-  Hessian was positive definite.
+  `coupled` (a bool or a scalar bool tensor), the Newton step of -F_a B
+  itself (else zeros) and whether its Hessian was positive definite.
   """
   dtype = x.dtype
   a_q, a_prior, a_lik = coefficients[0], coefficients[1], coefficients[2]
@@ -116,65 +116,72 @@ def _directions(x, dictionary, gram, projected, loc, scale, coefficients,
   step_loc = tf.linalg.cholesky_solve(
       chol, (-grad_loc + ratio * grad_scale)[..., None])[..., 0]
   step_scale = (-grad_scale - d2 * step_loc) / d3
-  if not coupled:
-    return _Directions(residual, residual2, scales, noise_variance, step_loc,
-                       step_scale, tf.zeros_like(loc), tf.zeros_like(scale),
-                       tf.constant(False))
-  # Coupled step: Newton on -F_a B itself, whose Hessian is
-  # A - U P^-1 U^T with A the per-point Hessians above, U [.., H + 1] the
-  # cross derivatives with (lambda, sigma^2) and P their (diagonal)
-  # curvature; Woodbury gives the step from A's factors and one
-  # (H + 1) x (H + 1) system C = P - U^T A^-1 U.
-  u_loc = tf.concat([tf.linalg.diag(-prior_weight / scales * erf),
-                     (precision / noise_variance * back_projected)[..., None]],
-                    -1)                                            # [B, H, H+1]
-  u_scale = tf.concat([-prior_weight / scales * density,
-                       (-precision / noise_variance * column_norms2
-                        * scale)], -1)                             # [B, 2H]
-  num_latents = tf.shape(scales)[0]
-  u_scale_lambda, u_scale_noise = u_scale[:, :num_latents], u_scale[:, num_latents:]
-  reduced = u_loc - tf.concat([tf.linalg.diag(ratio * u_scale_lambda),
-                               (ratio * u_scale_noise)[..., None]], -1)
-  solved = tf.linalg.cholesky_solve(chol, reduced)                 # [B, H, H+1]
-  inner = tf.einsum('bhi,bhj->ij', reduced, solved)
-  inv_d3 = 1.0 / d3
-  lam_lam = tf.reduce_sum(tf.square(u_scale_lambda) * inv_d3, 0)
-  lam_noise = tf.reduce_sum(u_scale_lambda * u_scale_noise * inv_d3, 0)
-  noise_noise = tf.reduce_sum(tf.square(u_scale_noise) * inv_d3)
-  scale_part = tf.linalg.diag(tf.concat([lam_lam, noise_noise[None]], 0))
-  border = tf.concat([lam_noise, tf.zeros([1], dtype)], 0)
-  scale_part += (border[:, None] * tf.one_hot(num_latents, num_latents + 1,
-                                              dtype=dtype)[None, :]
-                 + border[None, :] * tf.one_hot(num_latents, num_latents + 1,
-                                                dtype=dtype)[:, None])
-  curvature = tf.concat(
-      [num_points * a_prior / tf.square(scales),
-       (num_points * a_lik * num_observed
-        / (2.0 * tf.square(noise_variance)))[None]], 0)
-  capacitance = tf.linalg.diag(curvature) - inner - scale_part
-  # U^T step0, summed over points.
-  projected_step = tf.concat(
-      [tf.reduce_sum(-prior_weight / scales * (erf * step_loc
-                                               + density * step_scale), 0),
-       tf.reduce_sum(precision / noise_variance
-                     * (back_projected * step_loc
-                        - column_norms2 * scale * step_scale))[None]], 0)
-  eigenvalues, eigenvectors = tf.linalg.eigh(capacitance)
-  positive = eigenvalues[0] > 1e-10 * tf.reduce_max(tf.abs(eigenvalues))
-  safe = tf.where(positive, eigenvalues, tf.ones_like(eigenvalues))
-  w = tf.linalg.matvec(eigenvectors, tf.linalg.matvec(
-      eigenvectors, projected_step, transpose_a=True) / safe)
-  coupled_loc = step_loc + tf.linalg.matvec(solved, w)
-  u_scale_w = (u_scale_lambda * w[:num_latents]
-               + u_scale_noise * w[num_latents])
-  coupled_scale = step_scale + (
-      u_scale_w - d2 * tf.linalg.matvec(solved, w)) * inv_d3
+  def coupled_step():
+    # Coupled step: Newton on -F_a B itself, whose Hessian is
+    # A - U P^-1 U^T with A the per-point Hessians above, U [.., H + 1] the
+    # cross derivatives with (lambda, sigma^2) and P their (diagonal)
+    # curvature; Woodbury gives the step from A's factors and one
+    # (H + 1) x (H + 1) system C = P - U^T A^-1 U.
+    u_loc = tf.concat([tf.linalg.diag(-prior_weight / scales * erf),
+                       (precision / noise_variance * back_projected)[..., None]],
+                      -1)                                            # [B, H, H+1]
+    u_scale = tf.concat([-prior_weight / scales * density,
+                         (-precision / noise_variance * column_norms2
+                          * scale)], -1)                             # [B, 2H]
+    num_latents = tf.shape(scales)[0]
+    u_scale_lambda, u_scale_noise = u_scale[:, :num_latents], u_scale[:, num_latents:]
+    reduced = u_loc - tf.concat([tf.linalg.diag(ratio * u_scale_lambda),
+                                 (ratio * u_scale_noise)[..., None]], -1)
+    # U^T A^-1 U needs only the forward half of the solve: with
+    # S = L L^T, reduced^T S^-1 reduced = Y^T Y for Y = L^-1 reduced.
+    half = tf.linalg.triangular_solve(chol, reduced, lower=True)     # [B, H, H+1]
+    inner = tf.einsum('bhi,bhj->ij', half, half)
+    inv_d3 = 1.0 / d3
+    lam_lam = tf.reduce_sum(tf.square(u_scale_lambda) * inv_d3, 0)
+    lam_noise = tf.reduce_sum(u_scale_lambda * u_scale_noise * inv_d3, 0)
+    noise_noise = tf.reduce_sum(tf.square(u_scale_noise) * inv_d3)
+    scale_part = tf.linalg.diag(tf.concat([lam_lam, noise_noise[None]], 0))
+    border = tf.concat([lam_noise, tf.zeros([1], dtype)], 0)
+    scale_part += (border[:, None] * tf.one_hot(num_latents, num_latents + 1,
+                                                dtype=dtype)[None, :]
+                   + border[None, :] * tf.one_hot(num_latents, num_latents + 1,
+                                                  dtype=dtype)[:, None])
+    curvature = tf.concat(
+        [num_points * a_prior / tf.square(scales),
+         (num_points * a_lik * num_observed
+          / (2.0 * tf.square(noise_variance)))[None]], 0)
+    capacitance = tf.linalg.diag(curvature) - inner - scale_part
+    # U^T step0, summed over points.
+    projected_step = tf.concat(
+        [tf.reduce_sum(-prior_weight / scales * (erf * step_loc
+                                                 + density * step_scale), 0),
+         tf.reduce_sum(precision / noise_variance
+                       * (back_projected * step_loc
+                          - column_norms2 * scale * step_scale))[None]], 0)
+    eigenvalues, eigenvectors = tf.linalg.eigh(capacitance)
+    positive = eigenvalues[0] > 1e-10 * tf.reduce_max(tf.abs(eigenvalues))
+    safe = tf.where(positive, eigenvalues, tf.ones_like(eigenvalues))
+    w = tf.linalg.matvec(eigenvectors, tf.linalg.matvec(
+        eigenvectors, projected_step, transpose_a=True) / safe)
+    correction = tf.linalg.cholesky_solve(
+        chol, tf.linalg.matvec(reduced, w)[..., None])[..., 0]      # S^-1 U~ w
+    coupled_loc = step_loc + correction
+    u_scale_w = (u_scale_lambda * w[:num_latents]
+                 + u_scale_noise * w[num_latents])
+    coupled_scale = step_scale + (u_scale_w - d2 * correction) * inv_d3
+    return coupled_loc, coupled_scale, positive
+
+  def skipped():
+    return tf.zeros_like(loc), tf.zeros_like(scale), tf.constant(False)
+
+  coupled_loc, coupled_scale, positive = tf.cond(
+      tf.convert_to_tensor(coupled), coupled_step, skipped)
   return _Directions(residual, residual2, scales, noise_variance, step_loc,
                      step_scale, coupled_loc, coupled_scale, positive)
 
 
 def newton_e_step(x, dictionary, loc, scale, coefficients, *, iterations,
-                  floor, damping=1e-8, coupled=True):
+                  floor, damping=1e-8, coupled=True, coupled_after=3):
   """Maximises a batch's annealed F_a over diagonal posteriors by Newton steps.
 
   Args:
@@ -189,6 +196,12 @@ def newton_e_step(x, dictionary, loc, scale, coefficients, *, iterations,
       keep s above it.
     damping: relative Levenberg damping added to the reduced Hessian's
       diagonal (keeps the Cholesky factorisation defined when H > D).
+    coupled: also try the coupled Newton step of F_a itself. It costs about
+      four per-point iterations (H + 1 right-hand sides per point) and is
+      only computed from iteration `coupled_after` on (F_a's Hessian is
+      rarely positive definite far from the optimum) and when
+      a_prior <= 1 (above, F_a is unbounded and its Hessian indefinite).
+    coupled_after: first iteration (from 0) that tries the coupled step.
 
   Returns:
     (loc, scale): `[B, H]` float each, the fitted means and standard
@@ -219,8 +232,10 @@ def newton_e_step(x, dictionary, loc, scale, coefficients, *, iterations,
             residual2 - 2.0 * t * cross + tf.square(t) * moved2)
 
   def body(i, loc, scale):
+    use_coupled = tf.logical_and(i >= coupled_after,
+                                 coefficients[1] <= 1.0)
     d = _directions(x, dictionary, gram, projected, loc, scale, coefficients,
-                    damping, coupled)
+                    damping, use_coupled if coupled else False)
     residual, residual2 = d.residual, d.residual2
     step_loc, step_scale = d.step_loc, d.step_scale
     coupled_loc, coupled_scale = d.coupled_loc, d.coupled_scale
