@@ -33,8 +33,8 @@ flags.DEFINE_integer('seed', _D.seed, 'Seed.')
 flags.DEFINE_bool('warm_start', _D.warm_start,
                   'EM: start E-steps from the previous parameters.')
 flags.DEFINE_enum('e_step', None, ['newton', 'lbfgs'],
-                  'EM E-step; default: newton for diagonal posteriors '
-                  'without prior annealing, else lbfgs.')
+                  'EM E-step (newton: diagonal posteriors only); default '
+                  'lbfgs.')
 flags.DEFINE_integer('e_step_iterations', None,
                      'EM E-step iterations; default 10 (newton), 100 (lbfgs).')
 flags.DEFINE_string('output_dir', 'runs/patches', 'Where outputs are written.')

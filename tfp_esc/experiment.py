@@ -206,9 +206,8 @@ class PatchesConfig:
       patches; None: the embedded scikit-image photographs.
     seed: seeds patches, initialisation and batch order.
     warm_start: EM E-steps start from each point's previous parameters.
-    e_step: EM E-step, 'newton' or 'lbfgs'; None: Newton for diagonal
-      posteriors without prior annealing, L-BFGS otherwise (see
-      `tfp_esc.inference.em.EMTrainer`).
+    e_step: EM E-step, 'lbfgs' or 'newton' (diagonal only); None: L-BFGS
+      (see `tfp_esc.inference.em.EMTrainer`).
     e_step_iterations: iterations per EM E-step; None: 10 (Newton) or 100
       (L-BFGS).
     m_step_size: EM gradient step on the dictionary.

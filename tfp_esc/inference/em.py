@@ -3,11 +3,11 @@
 For every minibatch:
 
   E-step: maximise the batch's F_a over its variational parameters with the
-          dictionary fixed: `e_step='newton'` (diagonal posteriors, the
-          default for them) runs `e_step_iterations` damped Newton
+          dictionary fixed: `e_step='newton'` (diagonal posteriors) runs `e_step_iterations` damped Newton
           iterations per point (`tfp_esc.inference.newton`, no XLA: its
           batched Cholesky is many times slower under XLA on CPU);
-          `e_step='lbfgs'` (every family) runs TFP's `lbfgs_minimize` on all
+          `e_step='lbfgs'` (every family, the default) runs TFP's
+          `lbfgs_minimize` on all
           of the batch's parameters, up to `e_step_iterations` iterations,
           compiled with XLA;
   M-step: one gradient-ascent step on F_a with respect to the unconstrained
@@ -82,12 +82,13 @@ class EMTrainer:
     schedule: annealing schedule indexed by epoch; default none.
     batch_size: minibatch size B (the last, smaller batch is dropped from
       training steps but included in evaluation).
-    e_step: 'newton' or 'lbfgs' (see the module doc). Default: 'newton' for
-      the diagonal family unless the schedule starts with a_prior > 1,
-      'lbfgs' otherwise. Newton needs diagonal posteriors; with prior
-      annealing it converges to the collapse that F_a's unbounded direction
-      offers (measured: every code collapses while a_prior > 1), whereas
-      100 truncated L-BFGS iterations from a fresh start do not get there.
+    e_step: 'lbfgs' (default) or 'newton' (diagonal posteriors only). Newton
+      reaches a batch's optimum in fewer, costlier iterations, but measured
+      over whole EM runs (benchmarks/patches_variants.py, variant A vs
+      A-lbfgs) L-BFGS reached a higher ELBO in less time; and with prior
+      annealing Newton converges to the collapse that F_a's unbounded
+      direction offers (every code collapsed while a_prior > 1), which 100
+      truncated L-BFGS iterations from a fresh start do not reach.
     e_step_iterations: iterations per E-step (Newton: exactly that many;
       L-BFGS: at most that many); default 10 for Newton, 100 for L-BFGS.
     eval_iterations: iterations of the re-fit behind every epoch's ELBO,
@@ -137,10 +138,7 @@ class EMTrainer:
     self.family = get_family(posterior)
     self.schedule = NoAnnealing() if schedule is None else schedule
     if e_step is None:
-      # Prior annealing (a_prior > 1) needs a truncated E-step: an exact one
-      # follows F_a's unbounded direction and collapses every code.
-      e_step = ('newton' if self.family.family == 'diagonal'
-                and self.schedule(0).prior <= 1.0 else 'lbfgs')
+      e_step = 'lbfgs'
     if e_step not in E_STEPS:
       raise ValueError(f'e_step must be one of {E_STEPS}, got {e_step!r}.')
     if e_step == 'newton' and self.family.family != 'diagonal':
