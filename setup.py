@@ -31,7 +31,9 @@ setuptools.setup(
         'scikit-image>=0.22',
     ],
     extras_require={
-        'test': ['pytest>=8', 'hypothesis>=6.100', 'scikit-learn>=1.4'],
+        # nbclient, nbformat and ipykernel execute the colab/ notebooks.
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'scikit-learn>=1.4',
+                 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'],
         # MAP / l1 dictionaries (tfp_esc.evaluation.map_baseline).
         'baselines': ['scikit-learn>=1.4'],
         # TF 2.21 no longer installs TensorBoard; only its callback needs it.

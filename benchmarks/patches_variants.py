@@ -31,12 +31,12 @@ flags.DEFINE_integer('amortized_epochs', None,
                      'Epochs of the amortized variants (default --epochs): '
                      'an Adam step costs ~1/40 of an EM step.')
 flags.DEFINE_list('variants', ['A', 'B', 'C', 'D', 'O-none', 'O-prior'],
-                  'Which runs (also: A-lbfgs, variant A with the L-BFGS '
+                  'Which runs (also: A-newton, variant A with the Newton '
                   'E-step).')
 
 VARIANTS = {
     'A': {'method': 'em', 'annealing': 'none'},
-    'A-lbfgs': {'method': 'em', 'annealing': 'none', 'e_step': 'lbfgs'},
+    'A-newton': {'method': 'em', 'annealing': 'none', 'e_step': 'newton'},
     'B': {'method': 'em', 'annealing': 'prior'},
     'C': {'method': 'amortized', 'posterior': 'diagonal', 'annealing': 'none'},
     'D': {'method': 'amortized', 'posterior': 'lowrank', 'rank': 5,
@@ -46,7 +46,7 @@ VARIANTS = {
     'O-prior': {'method': 'em', 'annealing': 'prior', 'patch_size': 8,
                 'num_latents': 128},
 }
-LABELS = {'A': 'A: EM', 'A-lbfgs': 'A: EM, L-BFGS E-step',
+LABELS = {'A': 'A: EM', 'A-newton': 'A: EM, Newton E-step',
           'B': 'B: EM + prior annealing',
           'C': 'C: amortized diagonal', 'D': 'D: amortized low-rank + prior',
           'O-none': 'overcomplete EM (H=2D)',
