@@ -27,6 +27,7 @@ import json
 import os
 import time
 
+import numpy as np
 from absl import app, flags, logging
 
 from tfp_esc import artifacts
@@ -93,7 +94,10 @@ def evaluate(label, dictionary, info, x, x_heldout):
              bound=train['log_likelihood_bound'],
              converged=train['converged'])
   if x_heldout is not None:
-    heldout = evaluate_heldout(x_heldout, dictionary, train['scales'],
+    # evaluate_dictionary's lambda* belongs to the unit-norm columns, and
+    # evaluate_heldout reads scales relative to the columns it is given.
+    unit = dictionary / np.linalg.norm(dictionary, axis=0)
+    heldout = evaluate_heldout(x_heldout, unit, train['scales'],
                                train['sigma2'], **options)
     row.update(heldout_elbo=heldout['elbo'],
                heldout_bound=heldout['log_likelihood_bound'],
