@@ -87,15 +87,7 @@ def evaluate_heldout(x, dictionary, scales, noise_variance, *,
     dictionary: `[D, H]` float, trained dictionary (any column norms).
     scales: `[H]` positive float, trained lambda (for `dictionary`'s columns).
     noise_variance: positive scalar, trained sigma^2.
-    posterior: 'diagonal', 'full' or 'lowrank'.
-    rank: R for 'lowrank'.
-    num_iw_samples: K of the importance-weighted bound (0: skip it).
-    gini_samples: posterior samples per point for the Gini index.
-    seed: seeds the fit, the Gini samples and the bound.
-    max_calls, max_iterations: L-BFGS budget for the variational fit.
-    log_every: progress logging of the fit (0: none).
-    jit_compile: compile the variational fit with XLA (faster iterations;
-      compiling costs seconds per call, which dominates on small data).
+    Other arguments: as in `evaluate_dictionary`.
 
   Returns:
     dict with the keys of `evaluate_dictionary`: 'elbo' (L(lambda, sigma^2)

@@ -26,6 +26,7 @@ run resumed from a checkpoint continues exactly as an uninterrupted one.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -203,7 +204,7 @@ class EMTrainer:
               for k, p in zip(names, pieces)}
 
     def lbfgs(iterations):
-      return lambda *args: lbfgs_e_step(iterations, *args)
+      return functools.partial(lbfgs_e_step, iterations)
 
     def lbfgs_e_step(iterations, dictionary, params, x, coefficients):
       flat = tf.concat([tf.reshape(params[k], [-1]) for k in names], 0)
@@ -225,7 +226,7 @@ class EMTrainer:
       return unflatten(result.position, params), result.num_iterations
 
     def newton(iterations):
-      return lambda *args: newton_e_step_(iterations, *args)
+      return functools.partial(newton_e_step_, iterations)
 
     def newton_e_step_(iterations, dictionary, params, x, coefficients):
       q = family.from_unconstrained(params, floor=floor)
