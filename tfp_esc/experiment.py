@@ -193,11 +193,19 @@ class PatchesConfig:
 
   Attributes:
     method: 'em' (variants A/B) or 'amortized' (C/D).
+    engine: EM engine, 'incremental' (the default: incremental EM plus
+      refinement rounds, diagonal posteriors) or 'paper' (the paper's
+      protocol: fresh-start L-BFGS E-steps, gradient M-steps); see
+      `tfp_esc.inference.em.fit_em`.
+    refine_rounds: refinement rounds of the incremental engine after the
+      epochs (each `refine_iterations` L-BFGS iterations on the profile
+      ELBO, each iteration about one pass over the data).
     posterior: 'diagonal', 'lowrank' or 'full'.
     rank: R of the low-rank family.
     annealing: 'none', 'prior', 'prior_linear', 'likelihood' or 'beta'
       (indexed by epoch).
-    num_patches: N.
+    num_patches: N; None: every row of a file of ready patches `[N, D]`,
+      else `DEFAULT_NUM_PATCHES` drawn from the images.
     num_latents: H.
     patch_size: patches are patch_size x patch_size (D = patch_size^2).
     epochs: training epochs.
@@ -205,22 +213,25 @@ class PatchesConfig:
     images: path of IMAGES.mat, an image folder or a .npy/.npz of images or
       patches; None: the embedded scikit-image photographs.
     seed: seeds patches, initialisation and batch order.
-    warm_start: EM E-steps start from each point's previous parameters.
-    e_step: EM E-step, 'lbfgs' or 'newton' (diagonal only); None: L-BFGS
-      (see `tfp_esc.inference.em.EMTrainer`).
-    e_step_iterations: iterations per EM E-step; None: 10 (Newton) or 100
-      (L-BFGS).
-    m_step_size: EM gradient step on the dictionary.
+    warm_start: engine 'paper': E-steps start from each point's previous
+      parameters.
+    e_step: engine 'paper': E-step, 'lbfgs' or 'newton' (diagonal only);
+      None: L-BFGS (see `tfp_esc.inference.em.EMTrainer`).
+    e_step_iterations: iterations per EM E-step; None: the engine's default
+      (incremental 8 per revisit; paper 10 Newton or 100 L-BFGS).
+    m_step_size: engine 'paper': gradient step on the dictionary.
     learning_rate: Adam learning rate (amortized).
     dtype: 'float32' or 'float64'.
     gini_samples: posterior samples per point for the Gini index.
     gini_points: at most this many points enter the Gini index.
   """
   method: str = 'em'
+  engine: str = 'incremental'
+  refine_rounds: int = 4
   posterior: str = 'diagonal'
   rank: int = 5
   annealing: str = 'prior'
-  num_patches: int = 20480
+  num_patches: int | None = None
   num_latents: int = 100
   patch_size: int = 16
   epochs: int = 10
@@ -235,6 +246,23 @@ class PatchesConfig:
   dtype: str = 'float32'
   gini_samples: int = 10
   gini_points: int = 2048
+
+
+# Patches drawn from images when PatchesConfig.num_patches is None.
+DEFAULT_NUM_PATCHES = 20480
+
+
+def _holds_ready_patches(path):
+  """Whether `path` is a .npy/.npz whose (first) array is 2-D patches."""
+  if path is None or not str(path).endswith(('.npy', '.npz')):
+    return False
+  try:
+    with np.load(path, mmap_mode='r') as data:  # .npz
+      return data[data.files[0]].ndim == 2
+  except (AttributeError, TypeError):  # .npy: a memory-mapped array
+    return np.load(path, mmap_mode='r').ndim == 2
+  except (OSError, ValueError, IndexError):
+    return False  # the loaders below raise the error that names the file
 
 
 def _gini_subset(config, num_points):
@@ -252,14 +280,21 @@ def _train_patches_em(config, x, workdir, resume):
                                       config.gini_samples, seed=config.seed)
     return {'gini_mean': mean, 'gini_sd': sd}
 
+  if config.engine == 'incremental':
+    options = {'refine_rounds': config.refine_rounds}
+    if config.e_step_iterations is not None:
+      options['e_step_iterations'] = config.e_step_iterations
+  else:
+    options = {'rank': config.rank, 'e_step': config.e_step,
+               'e_step_iterations': config.e_step_iterations,
+               'm_step_size': config.m_step_size,
+               'warm_start': config.warm_start}
   result = fit_em(
-      x, config.num_latents, epochs=config.epochs,
+      x, config.num_latents, engine=config.engine, epochs=config.epochs,
       checkpoint_path=os.path.join(workdir, 'checkpoint.npz'), resume=resume,
-      on_epoch_end=gini, posterior=config.posterior, rank=config.rank,
+      on_epoch_end=gini, posterior=config.posterior,
       schedule=get_schedule(config.annealing), batch_size=config.batch_size,
-      e_step=config.e_step, e_step_iterations=config.e_step_iterations,
-      m_step_size=config.m_step_size, warm_start=config.warm_start,
-      seed=config.seed)
+      seed=config.seed, **options)
   return result.dictionary, result.history
 
 
@@ -287,7 +322,10 @@ def train_patches(config, workdir, resume=False):
     raise ValueError(f"method must be 'em' or 'amortized', got "
                      f'{config.method!r}.')
   get_schedule(config.annealing)  # Fails early on an unknown name.
-  x = whitened_patches(config.images, num_patches=config.num_patches,
+  num_patches = config.num_patches
+  if num_patches is None and not _holds_ready_patches(config.images):
+    num_patches = DEFAULT_NUM_PATCHES
+  x = whitened_patches(config.images, num_patches=num_patches,
                        patch_size=config.patch_size, seed=config.seed,
                        dtype=np.dtype(config.dtype))
   os.makedirs(workdir, exist_ok=True)
@@ -306,6 +344,8 @@ def train_patches(config, workdir, resume=False):
       'entropies': {k: final[k] for k in (
           'q_entropy', 'prior_entropy', 'likelihood_entropy')},
       'gini': {'mean': final['gini_mean'], 'sd': final['gini_sd']},
+      'localized_fraction': metrics.localized_fraction(
+          dictionary, (config.patch_size, config.patch_size)),
       'seconds': final['seconds'],
       'history': history,
       'config': dataclasses.asdict(config),
@@ -326,9 +366,10 @@ def train_patches(config, workdir, resume=False):
   plots.plot_gini(
       {'gini_mean': history['gini_mean'], 'gini_sd': history['gini_sd'],
        'step': history['epoch']}, path=os.path.join(workdir, 'gini.png'))
-  logging.info('Done: ELBO %.3f, sigma2 %.4g, Gini %.3f +- %.3f, %.1f s',
-               final['elbo'], final['sigma2'], final['gini_mean'],
-               final['gini_sd'], final['seconds'])
+  logging.info('Done: ELBO %.3f, sigma2 %.4g, Gini %.3f +- %.3f, %.0f%% of '
+               'the fields localized, %.1f s', final['elbo'], final['sigma2'],
+               final['gini_mean'], final['gini_sd'],
+               100 * summary['localized_fraction'], final['seconds'])
   return summary
 
 

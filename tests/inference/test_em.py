@@ -75,10 +75,12 @@ def test_full_data_evaluation_matches_direct_elbo(trained, x):
 def test_resume_equals_uninterrupted_run(x, tmp_path, warm_start):
   options = dict(OPTIONS, warm_start=warm_start,
                  schedule=get_schedule('prior', slope=1.0, offset=3.0))
-  whole = fit_em(x, 10, epochs=3, **options)
+  whole = fit_em(x, 10, engine='paper', epochs=3, **options)
   path = str(tmp_path / 'em.npz')
-  fit_em(x, 10, epochs=1, checkpoint_path=path, **options)  # interrupted
-  resumed = fit_em(x, 10, epochs=3, checkpoint_path=path, resume=True,
+  fit_em(x, 10, engine="paper", epochs=1, checkpoint_path=path,
+         **options)  # interrupted
+  resumed = fit_em(x, 10, engine="paper", epochs=3, checkpoint_path=path,
+                   resume=True,
                    **options)
   np.testing.assert_allclose(resumed.dictionary, whole.dictionary, atol=1e-6)
   for k in whole.params:

@@ -1,5 +1,9 @@
 """EM-like training over minibatches (SPEC 10, variants A/B).
 
+`fit_em` runs either engine: the default, incremental EM with refinement
+(`tfp_esc.inference.incremental_em`), or the paper's protocol, `EMTrainer`
+below (engine='paper').
+
 For every minibatch:
 
   E-step: maximise the batch's F_a over its variational parameters with the
@@ -27,6 +31,7 @@ run resumed from a checkpoint continues exactly as an uninterrupted one.
 
 import dataclasses
 import functools
+import inspect
 import json
 import os
 import time
@@ -37,15 +42,21 @@ import tensorflow_probability as tfp
 from absl import logging
 
 from tfp_esc import _checks, artifacts
+from tfp_esc.inference._training import TERMS, as_data, elbo_record
+from tfp_esc.inference.incremental_em import IncrementalEMTrainer
 from tfp_esc.inference.newton import newton_e_step
 from tfp_esc.model.sparse_coding import normalize_columns
 from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective.annealing import NoAnnealing
 from tfp_esc.posterior.gaussian import DEFAULT_SCALE_FLOOR, get_family
 
-__all__ = ['EMResult', 'EMTrainer', 'fit_em']
+__all__ = ['DEFAULT_REFINE_ROUNDS', 'ENGINES', 'EMResult', 'EMTrainer',
+           'fit_em']
 
-_TERMS = ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')
+ENGINES = ('incremental', 'paper')
+# Refinement rounds of the incremental engine after its epochs.
+DEFAULT_REFINE_ROUNDS = 4
+
 E_STEPS = ('newton', 'lbfgs')
 # Iterations per E-step when `e_step_iterations` is not given: Newton reaches
 # what 100 L-BFGS iterations reach in about 5 (benchmarks/throughput.py).
@@ -61,7 +72,9 @@ class EMResult:
 
   Attributes:
     dictionary: `[D, H]` unit-norm W.
-    params: dict of per-point unconstrained variational parameters `[N, ...]`.
+    params: dict of per-point variational parameters `[N, ...]`: the
+      unconstrained ones of the family (engine 'paper') or 'loc' and
+      'scale' (engine 'incremental').
     history: dict of per-epoch lists: 'epoch', 'elbo', 'q_entropy',
       'prior_entropy', 'likelihood_entropy', 'sigma2', 'scales',
       'a_q', 'a_prior', 'a_lik', 'seconds' (cumulative training time),
@@ -121,14 +134,7 @@ class EMTrainer:
                num_correction_pairs=10, m_step_size=0.5, warm_start=False,
                init_dictionary=None, seed=0, jit_compile=True,
                scale_floor=DEFAULT_SCALE_FLOOR):
-    # Checked as NumPy: a TF copy of a paper-size data set would add 210 MB
-    # to the peak memory.
-    self.x = np.asarray(x)
-    if self.x.dtype not in (np.float32, np.float64):
-      self.x = self.x.astype(np.float32)
-    if self.x.ndim != 2:
-      raise ValueError(f'x must have rank 2, got shape {self.x.shape}.')
-    _checks.check_finite(self.x, 'x')
+    self.x = as_data(x)
     self.dtype = tf.as_dtype(self.x.dtype)
     num_points, num_observed = self.x.shape
     if not 0 < int(batch_size) <= num_points:
@@ -181,7 +187,7 @@ class EMTrainer:
     self.epoch = 0
     self.history = {k: [] for k in (
         'epoch', 'sigma2', 'scales', 'a_q', 'a_prior', 'a_lik', 'seconds',
-        'batch_objective') + _TERMS}
+        'batch_objective') + TERMS}
     self._seconds = 0.0
     self._names = sorted(self.params)
     if eval_iterations is None:
@@ -380,13 +386,7 @@ class EMTrainer:
         self.params[k][indices] = params[k].numpy()
       total = stats if total is None else elbo_lib.add_statistics(total, stats)
     terms = elbo_lib.entropy_elbo_from_statistics(total, self.x.shape[1])
-    values = {k: float(getattr(terms, k)) for k in _TERMS}
-    if not all(np.isfinite(list(values.values()))):
-      raise FloatingPointError(f'non-finite ELBO terms after epoch '
-                               f'{self.epoch}: {values}')
-    values['sigma2'] = float(terms.noise_variance)
-    values['scales'] = terms.scales.numpy().tolist()
-    return values
+    return elbo_record(terms, f'epoch {self.epoch}')
 
   @property
   def dictionary(self):
@@ -433,35 +433,88 @@ class EMTrainer:
     self.history = state['history']
 
 
-def fit_em(x, num_latents, *, epochs=10, checkpoint_path=None, resume=False,
+def fit_em(x, num_latents, *, engine='incremental', epochs=10,
+           refine_rounds=None, checkpoint_path=None, resume=False,
            on_epoch_end=None, **options):
-  """Trains by EM for `epochs` epochs; see `EMTrainer` for the options.
+  """Trains by EM; the default engine is incremental EM with refinement.
+
+  Engines:
+    'incremental' (default, diagonal posteriors):
+      `tfp_esc.inference.incremental_em.IncrementalEMTrainer`: `epochs`
+      passes of incremental EM (warm per-point posteriors, Gram-form
+      majorise-minimise E-steps, closed-form M-steps from full-data sums),
+      then `refine_rounds` rounds of L-BFGS on the profile ELBO
+      max_q F(W, q).
+    'paper': `EMTrainer`, the paper's protocol (SPEC 10: L-BFGS E-steps from
+      a fresh start, one gradient M-step per batch), every family.
 
   Args:
     x: `[N, D]` float data.
     num_latents: H.
-    epochs: total number of epochs (a resumed run counts the ones done).
-    checkpoint_path: optional .npz written atomically after every epoch.
+    engine: 'incremental' or 'paper'.
+    epochs: total number of EM epochs (a resumed run counts the ones done);
+      a positive integer.
+    refine_rounds: refinement rounds after the epochs ('incremental' only;
+      default `DEFAULT_REFINE_ROUNDS`, 0 for none).
+    checkpoint_path: optional .npz written atomically after every epoch and
+      round.
     resume: continue from `checkpoint_path` if it exists.
     on_epoch_end: optional `f(trainer, record) -> dict or None` called after
-      each epoch's evaluation, before the checkpoint; the metrics it returns
-      are appended to the history under their keys (e.g. a Gini index).
-    **options: `EMTrainer` keyword arguments.
+      each epoch's (and round's) evaluation, before the checkpoint; the
+      metrics it returns are appended to the history under their keys (e.g.
+      a Gini index).
+    **options: keyword arguments of the engine's trainer.
 
   Returns:
     `EMResult`.
+
+  Raises:
+    ValueError: an unknown engine, epochs or refine_rounds out of range, a
+      non-diagonal posterior for 'incremental', options the engine does not
+      take, and the trainer's own errors.
   """
-  trainer = EMTrainer(x, num_latents, **options)
+  if engine not in ENGINES:
+    raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}.')
+  if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+    raise ValueError(f'epochs must be a positive integer, got {epochs!r}.')
+  if engine == 'incremental':
+    posterior = options.pop('posterior', 'diagonal')
+    options.pop('rank', None)
+    if posterior != 'diagonal':
+      raise ValueError(f"engine='incremental' needs posterior='diagonal', got "
+                       f"{posterior!r}; use engine='paper' for it.")
+    unknown = sorted(set(options) - set(inspect.signature(
+        IncrementalEMTrainer).parameters))
+    if unknown:
+      raise ValueError(f"engine='incremental' does not take {unknown}; they "
+                       "are options of engine='paper'.")
+    refine_rounds = (DEFAULT_REFINE_ROUNDS if refine_rounds is None
+                     else refine_rounds)
+    if (isinstance(refine_rounds, bool) or int(refine_rounds) != refine_rounds
+        or refine_rounds < 0):
+      raise ValueError('refine_rounds must be a non-negative integer, got '
+                       f'{refine_rounds!r}.')
+    trainer = IncrementalEMTrainer(x, num_latents, **options)
+  else:
+    if refine_rounds:
+      raise ValueError("refine_rounds is an option of engine='incremental'.")
+    refine_rounds = 0
+    trainer = EMTrainer(x, num_latents, **options)
   if resume and checkpoint_path and os.path.exists(checkpoint_path):
     trainer.restore(checkpoint_path)
     logging.info('Resumed from %s at epoch %d.', checkpoint_path,
                  trainer.epoch)
-  while trainer.epoch < int(epochs):
-    record = trainer.run_epoch()
+
+  def finish(record):
     extra = on_epoch_end(trainer, record) if on_epoch_end else None
     for k, v in (extra or {}).items():
       trainer.history.setdefault(k, []).append(v)
     if checkpoint_path:
       trainer.save(checkpoint_path)
+
+  while trainer.epoch < int(epochs):
+    finish(trainer.run_epoch())
+  while getattr(trainer, 'refine_round', 0) < int(refine_rounds):
+    finish(trainer.run_refinement_round())
   return EMResult(dictionary=trainer.dictionary, params=trainer.params,
                   history=trainer.history)

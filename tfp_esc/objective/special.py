@@ -20,6 +20,7 @@ tfd = tfp.distributions
 __all__ = [
   'LOG_2_PI_E',
   'expected_magnitude',
+  'expected_magnitude_partials',
   'gaussian_entropy',
   'laplace_entropy',
 ]
@@ -28,14 +29,18 @@ LOG_2_PI_E = math.log(2.0 * math.pi * math.e)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-@tf.custom_gradient
-def _expected_magnitude(m, s):
+def _value_and_partials(m, s):
   # erf and the density are saturated far before |z| = 30; clipping keeps
   # float64 erf (NaN above ~1e154) finite when s -> 0.
   z = tf.clip_by_value(m / (math.sqrt(2.0) * s), -30.0, 30.0)
   density = _SQRT_2_OVER_PI * tf.exp(-tf.square(z))
   erf = tf.math.erf(z)
-  value = s * density + m * erf
+  return s * density + m * erf, erf, density
+
+
+@tf.custom_gradient
+def _expected_magnitude(m, s):
+  value, erf, density = _value_and_partials(m, s)
 
   def grad(upstream):
     return upstream * erf, upstream * density
@@ -61,6 +66,24 @@ def expected_magnitude(loc, scale):
   tiny = np.finfo(loc.dtype.as_numpy_dtype).tiny
   scale = tf.maximum(tf.broadcast_to(scale, shape), tiny)
   return _expected_magnitude(tf.broadcast_to(loc, shape), scale)
+
+
+def expected_magnitude_partials(loc, scale):
+  """A = E|u| and its partial derivatives, for second-order solvers.
+
+  Args:
+    loc: float tensor m, any shape.
+    scale: positive float tensor s of the same shape and dtype (callers keep
+      it above a floor; no broadcasting).
+
+  Returns:
+    (value, d_loc, d_scale), each of the input's shape and dtype:
+    A(m, s), dA/dm = erf(m / (sqrt(2) s)) and
+    dA/ds = sqrt(2/pi) exp(-m^2 / (2 s^2)). The second derivatives follow
+    from these: d2A/dm2 = d_scale / s, d2A/dm ds = -d_scale m / s^2,
+    d2A/ds2 = d_scale m^2 / s^3.
+  """
+  return _value_and_partials(loc, scale)
 
 
 def gaussian_entropy(log_det_covariance, num_latents):

@@ -1,0 +1,253 @@
+"""A majorise-minimise E-step in Gram form for diagonal posteriors.
+
+The E-step of EM maximises F_a over the variational parameters of a batch,
+diagonal q_n = N(nu_n, diag(s_n^2)), with the dictionary W `[D, H]` fixed.
+F_a is the maximum over lambda, sigma^2 of the classical L_a (Theorem 2), and
+at fixed lambda, sigma^2 the per-point part of -L_a is
+
+  J_n(nu, s) = a_lik / (2 sigma^2) (||x_n - W nu||^2 + sum_h G_hh s_h^2)
+               + a_prior sum_h A(nu_h, s_h) / lambda_h - a_q sum_h log s_h,
+
+with G = W^T W and A(m, s) = E|u| (SPEC 3). Only the quadratic
+nu^T G nu couples the latents. It is majorised at a point y by
+L ||nu - y||^2 + (terms in y) with L >= the largest eigenvalue of G, which
+leaves, for every (point, latent), a convex problem in two unknowns:
+
+  phi(nu, s) = k/2 (nu - m)^2 + k_s/2 s^2 + b A(nu, s) - a_q log s,
+  m = y - (G y - W^T x) / L,  k = a_lik L / sigma^2,
+  k_s = a_lik G_hh / sigma^2,  b = a_prior / lambda_h,
+
+solved elementwise by damped two-variable Newton steps (closed-form 2x2
+solves, a step-length choice from {1, 1/2, 0} that never raises phi),
+started from the touching point y (or the s -> 0 solution where that is
+lower), so that the step never raises J_n: the majorise-minimise property.
+One iteration therefore costs two `[B, H] x [H, H]` products and a few
+elementwise erf/exp evaluations: no per-point H x H factorisation, which is
+what makes it cheap (about 80x cheaper than the batched Cholesky of
+`tfp_esc.inference.newton` at B = 512, H = 100) and XLA-friendly.
+
+Acceleration: Nesterov/FISTA momentum on nu with a per-point restart. A step
+is accepted for a point only where it does not raise J_n at the current
+lambda, sigma^2 (else the point keeps its parameters and restarts its
+momentum, and the next plain majorise-minimise step is a descent step), and
+after every iteration lambda, sigma^2 are re-computed as the optimal values
+(Theorem 2) of the batch together with `context`, the summed statistics of
+the other points of the data set. Hence every iteration never lowers
+
+  F_a(batch + context) = max over lambda, sigma^2 of L_a,
+
+which is what the E-step of `tfp_esc.inference.em` maximises. With an empty
+context (a fresh batch) this is the batch's own F_a, the paper's E-step
+objective; with the rest of the data set as context it is the full-data F_a
+as a function of the batch's parameters, which stays bounded even under
+prior annealing (a_prior > 1): shrinking the batch's codes cannot shrink the
+other points' share of lambda*.
+"""
+
+import math
+
+import tensorflow as tf
+
+from tfp_esc.objective.elbo import ElboStatistics
+from tfp_esc.objective.special import expected_magnitude_partials
+
+__all__ = ['mm_e_step', 'empty_context']
+
+# Step lengths tried by the two-variable Newton steps; the point moves only
+# where one lowers phi.
+_STEP_FRACTIONS = (1.0, 0.5)
+# Power iterations for the largest eigenvalue of G, and the margin on it (the
+# Rayleigh quotient approaches it from below; the acceptance test keeps
+# every iteration monotone whatever L is).
+_POWER_ITERATIONS = 30
+_LIPSCHITZ_MARGIN = 1.05
+
+
+def empty_context(num_latents, dtype):
+  """`ElboStatistics` of no points: `mm_e_step` then fits a batch alone."""
+  zero = tf.zeros([], dtype)
+  return ElboStatistics(count=zero, reconstruction=zero,
+                        expected_magnitude=tf.zeros([num_latents], dtype),
+                        q_entropy=zero)
+
+
+def _largest_eigenvalue(gram):
+  """An estimate (from below, then raised by a margin) of G's top eigenvalue."""
+  vector = tf.ones([tf.shape(gram)[0]], gram.dtype)
+
+  def body(i, vector):
+    vector = tf.linalg.matvec(gram, vector)
+    return i + 1, vector / tf.norm(vector)
+
+  _, vector = tf.while_loop(lambda i, _: i < _POWER_ITERATIONS, body,
+                            (tf.constant(0), vector))
+  rayleigh = tf.reduce_sum(vector * tf.linalg.matvec(gram, vector))
+  return _LIPSCHITZ_MARGIN * rayleigh
+
+
+def _two_variable_newton(target, loc, scale, k, k_s, b, a_q, floor,
+                         iterations):
+  """Minimises phi (module doc) elementwise; returns (nu, s, A(nu, s)).
+
+  Starts from whichever of (loc, scale) (the point where the majoriser
+  touches, so the result never raises J there) and (soft-threshold(target,
+  b / k), scale) (the s -> 0 solution) has the lower phi; every step is a Newton step of (nu, s), shortened to keep s
+  above `floor` (0.9 of the way to it at most), taken whole, halved, or not
+  at all, whichever gives the lowest phi so phi never increases.
+  """
+  dtype = target.dtype
+  nu = tf.sign(target) * tf.nn.relu(tf.abs(target) - b / k)
+  s = scale
+  tiny = tf.constant(1e-30, dtype)
+
+  def phi(nu, s, magnitude):
+    value = (0.5 * k * tf.square(nu - target) + 0.5 * k_s * tf.square(s)
+             + b * magnitude - a_q * tf.math.log(s))
+    return tf.where(tf.math.is_finite(value), value,
+                    tf.constant(math.inf, dtype))
+
+  magnitude, d_nu, d_s = expected_magnitude_partials(nu, s)
+  value = phi(nu, s, magnitude)
+  at_loc = expected_magnitude_partials(loc, s)
+  value_at_loc = phi(loc, s, at_loc[0])
+  better = value_at_loc < value
+  nu, magnitude, d_nu, d_s, value = (
+      tf.where(better, new, old) for new, old in zip(
+          (loc,) + tuple(at_loc) + (value_at_loc,),
+          (nu, magnitude, d_nu, d_s, value)))
+  for _ in range(iterations):
+    g_nu = k * (nu - target) + b * d_nu
+    g_s = k_s * s + b * d_s - a_q / s
+    h_nn = k + b * d_s / s
+    h_ns = -b * d_s * nu / tf.square(s)
+    h_ss = k_s + b * d_s * tf.square(nu) / s**3 + a_q / tf.square(s)
+    det = tf.maximum(h_nn * h_ss - tf.square(h_ns), tiny)
+    step_nu = -(h_ss * g_nu - h_ns * g_s) / det
+    step_s = -(h_nn * g_s - h_ns * g_nu) / det
+    longest = tf.where(step_s < 0,
+                       0.9 * (s - floor) / tf.maximum(-step_s, tiny),
+                       tf.ones_like(s))
+    t = tf.minimum(longest, 1.0)
+    base_nu, base_s = nu, s
+    for fraction in _STEP_FRACTIONS:
+      cand_nu = base_nu + fraction * t * step_nu
+      cand_s = base_s + fraction * t * step_s
+      cand = expected_magnitude_partials(cand_nu, cand_s)
+      cand_value = phi(cand_nu, cand_s, cand[0])
+      better = cand_value < value
+      nu, s, magnitude, d_nu, d_s, value = (
+          tf.where(better, new, old) for new, old in zip(
+              (cand_nu, cand_s) + tuple(cand) + (cand_value,),
+              (nu, s, magnitude, d_nu, d_s, value)))
+  return nu, s, magnitude
+
+
+def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
+              context=None, scales=None, inner_iterations=2):
+  """Raises F_a of a batch (with `context`) over diagonal posteriors.
+
+  Args:
+    x: `[B, D]` float batch.
+    dictionary: `[D, H]` float W (any columns; F needs unit norms).
+    loc: `[B, H]` float start of the means nu.
+    scale: `[B, H]` float start of the standard deviations s, all > floor.
+    coefficients: `[3]` float (a_q, a_prior, a_lik).
+    iterations: number of majorise-minimise iterations (Python int or
+      scalar int tensor).
+    floor: float, the scale floor of the family's parameterisation; s stays
+      above it.
+    context: `ElboStatistics` (count, reconstruction under this dictionary,
+      expected_magnitude `[H]`; q_entropy unused) of the data set's other
+      points, whose optimal lambda*, sigma^2* the batch shares; default
+      none (`empty_context`).
+    scales: optional `[H]` float lambda held fixed instead of lambda* (then
+      every iteration raises L_a at these lambda and sigma^2*, a bounded
+      objective for any a_prior; see `IncrementalEMTrainer`'s annealing).
+    inner_iterations: two-variable Newton steps per iteration.
+
+  Returns:
+    (loc, scale): `[B, H]` float each, with scale > floor; F_a(batch +
+    context) at the result is >= its value at the start.
+  """
+  x = tf.convert_to_tensor(x)
+  dtype = x.dtype
+  dictionary = tf.convert_to_tensor(dictionary, dtype)
+  loc = tf.convert_to_tensor(loc, dtype)
+  scale = tf.convert_to_tensor(scale, dtype)
+  coefficients = tf.convert_to_tensor(coefficients, dtype)
+  a_q, a_prior, a_lik = coefficients[0], coefficients[1], coefficients[2]
+  floor = tf.cast(floor, dtype)
+  if context is None:
+    context = empty_context(tf.shape(dictionary)[1], dtype)
+  context_count = tf.cast(context.count, dtype)
+  context_reconstruction = tf.cast(context.reconstruction, dtype)
+  context_magnitude = tf.cast(context.expected_magnitude, dtype)
+
+  gram = tf.matmul(dictionary, dictionary, transpose_a=True)        # [H, H]
+  column_norms2 = tf.linalg.diag_part(gram)                          # [H]
+  projected = tf.matmul(x, dictionary)                               # [B, H]
+  data_norms2 = tf.reduce_sum(tf.square(x), -1)                      # [B]
+  lipschitz = _largest_eigenvalue(gram)
+  count = context_count + tf.cast(tf.shape(x)[0], dtype)
+  num_observed = tf.cast(tf.shape(x)[1], dtype)
+
+  def reconstruction(nu, g_nu, s):
+    # ||x - W nu||^2 + sum_h G_hh s_h^2 in Gram form: [B].
+    return (data_norms2 - 2.0 * tf.reduce_sum(nu * projected, -1)
+            + tf.reduce_sum(nu * g_nu, -1)
+            + tf.linalg.matvec(tf.square(s), column_norms2))
+
+  fixed_scales = None if scales is None else tf.convert_to_tensor(scales,
+                                                                   dtype)
+
+  def optimal(magnitude, rec):
+    if fixed_scales is None:
+      scales = (context_magnitude + tf.reduce_sum(magnitude, 0)) / count
+    else:
+      scales = fixed_scales
+    noise_variance = (context_reconstruction + tf.reduce_sum(rec)) / (
+        count * num_observed)
+    return scales, noise_variance
+
+  def per_point(rec, magnitude, s, scales, noise_variance):
+    # J_n: [B].
+    return (a_lik * rec / (2.0 * noise_variance)
+            + a_prior * tf.reduce_sum(magnitude / scales, -1)
+            - a_q * tf.reduce_sum(tf.math.log(s), -1))
+
+  def body(i, nu, s, g_nu, magnitude, rec, y, momentum):
+    scales, noise_variance = optimal(magnitude, rec)
+    current = per_point(rec, magnitude, s, scales, noise_variance)
+    g_y = tf.matmul(y, gram)
+    target = y - (g_y - projected) / lipschitz
+    k = a_lik * lipschitz / noise_variance
+    k_s = a_lik * column_norms2 / noise_variance
+    b = a_prior / scales
+    new_nu, new_s, new_magnitude = _two_variable_newton(
+        target, y, s, k, k_s, b, a_q, floor, inner_iterations)
+    new_g_nu = tf.matmul(new_nu, gram)
+    new_rec = reconstruction(new_nu, new_g_nu, new_s)
+    candidate = per_point(new_rec, new_magnitude, new_s, scales,
+                          noise_variance)
+    accept = tf.logical_and(tf.math.is_finite(candidate),
+                            candidate <= current)                   # [B]
+    keep = accept[:, None]
+    next_momentum = 0.5 * (1.0 + tf.sqrt(1.0 + 4.0 * tf.square(momentum)))
+    weight = ((momentum - 1.0) / next_momentum)[:, None]
+    y = tf.where(keep, new_nu + weight * (new_nu - nu), nu)
+    momentum = tf.where(accept, next_momentum, tf.ones_like(momentum))
+    nu = tf.where(keep, new_nu, nu)
+    s = tf.where(keep, new_s, s)
+    g_nu = tf.where(keep, new_g_nu, g_nu)
+    magnitude = tf.where(keep, new_magnitude, magnitude)
+    rec = tf.where(accept, new_rec, rec)
+    return i + 1, nu, s, g_nu, magnitude, rec, y, momentum
+
+  g_nu = tf.matmul(loc, gram)
+  magnitude, _, _ = expected_magnitude_partials(loc, scale)
+  rec = reconstruction(loc, g_nu, scale)
+  momentum = tf.ones_like(data_norms2)
+  _, loc, scale, *_ = tf.while_loop(
+      lambda i, *_: i < iterations, body,
+      (tf.constant(0), loc, scale, g_nu, magnitude, rec, loc, momentum))
+  return loc, scale
