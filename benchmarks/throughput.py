@@ -1,26 +1,29 @@
-"""Seconds per EM minibatch step and per amortized Adam step, time to an
-E-step ELBO, and peak memory.
+"""Seconds per EM minibatch step and per amortized Adam step, and the batch
+objective each E-step reaches.
 
-  python benchmarks/throughput.py [--steps=5] [--skip_amortized]
+  python benchmarks/throughput.py [--steps=5] [--peer_json=peer.json]
 
-Sizes of the patches issue: B = 512, D = 256, H = 100, diagonal posteriors,
-whitened patches of the embedded images, a fresh random dictionary.
+Sizes of the EM-engine issue: B = 512, D = 256, H = 100, diagonal
+posteriors, whitened patches of the embedded images, a fresh random
+dictionary, prior annealing scale 10.
 
-* EM step (E-step from a fresh start plus the M-step), prior annealing
-  scale 10 as in the issue: L-BFGS (100 iterations, history 10, XLA: the
-  baseline, measured in the same run) and Newton (`--newton_iterations`, no
-  XLA), medians over --steps steps after one warm-up step (which compiles).
-* Time to an E-step value: the batch's F_a after k Newton iterations and
-  after k L-BFGS iterations, each timed, for two objectives: prior scale 10
-  (annealing) and F itself (a_prior = 1), with and without XLA. The report
-  gives, per objective, the seconds each method needs to reach what 100
-  L-BFGS iterations reach.
-* Amortized: one Adam step (XLA) of the ResNet-like encoder (two residual
-  blocks of width --hidden_units) and the dictionary.
+* `em_step_seconds`: one step of the default engine (incremental EM: the
+  Gram-form majorise-minimise E-step of a batch seen for the first time,
+  `first_visit_iterations` iterations, then the closed-form M-step and the
+  sums), median over --steps steps after warm-up. `em_revisit_step_seconds`:
+  the same engine's step once every point has a posterior (warm E-steps).
+* `paper_protocol_step_seconds`: the paper's protocol in this library
+  (engine 'paper': 100 L-BFGS iterations from a fresh start, XLA, plus one
+  gradient M-step), measured in the same run; `speedup_vs_paper_protocol`.
+* `batch_objective`: F_a of one batch (its own lambda*, sigma^2*) after each
+  E-step from the same fresh start, for a_prior = 10 and 1: the new E-step
+  (the first-visit iterations) against 100 L-BFGS iterations, with seconds.
+* `em_newton_step_seconds`: the Newton E-step of engine 'paper'.
+* `amortized_step_seconds`: one Adam step (XLA) of the ResNet-like encoder.
+* With --peer_json (the JSON line of `../shared/peer/peer_timing.py`, run
+  just before on the same machine), the speed-ups against the paper's code.
 
-The last line printed is one JSON object with em_step_seconds (L-BFGS, the
-issue's definition), em_newton_step_seconds, amortized_step_seconds and
-peak_memory_mb.
+The last line printed is one JSON object; `device` names where it ran.
 """
 
 import json
@@ -33,9 +36,11 @@ from absl import app, flags
 
 from tfp_esc.data.patches import whitened_patches
 from tfp_esc.inference.em import EMTrainer
-from tfp_esc.model.sparse_coding import normalize_columns
+from tfp_esc.inference.incremental_em import IncrementalEMTrainer
+from tfp_esc.inference.mm import mm_e_step
+from tfp_esc.objective.annealing import PriorAnnealing
 from tfp_esc.objective.elbo import entropy_elbo
-from tfp_esc.posterior.gaussian import DiagonalGaussian
+from tfp_esc.posterior.gaussian import DEFAULT_SCALE_FLOOR, DiagonalGaussian
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('steps', 5, 'Timed steps after warm-up.')
@@ -43,15 +48,9 @@ flags.DEFINE_integer('batch_size', 512, 'B.')
 flags.DEFINE_integer('num_latents', 100, 'H.')
 flags.DEFINE_integer('newton_iterations', 5,
                      'Newton iterations of the timed Newton EM step.')
-flags.DEFINE_list('newton_points', ['1', '2', '3', '4', '5', '6', '8', '12',
-                                    '20', '30'],
-                  'Newton iteration counts of the time-to-value curves.')
-flags.DEFINE_list('lbfgs_points', ['10', '25', '50', '100', '200'],
-                  'L-BFGS iteration counts of the time-to-value curves.')
-flags.DEFINE_bool('xla_newton', False,
-                  'Also time Newton under XLA. Off by default: on the 2-core '
-                  'CPU the XLA build of the Newton loop did not finish '
-                  'compiling within 10 minutes.')
+flags.DEFINE_string('peer_json', None,
+                    "JSON printed by ../shared/peer/peer_timing.py (the "
+                    "paper's code), for the speed-up against it.")
 flags.DEFINE_bool('skip_amortized', False, 'Only time the EM steps.')
 flags.DEFINE_integer('hidden_units', 256, 'Width of the amortized encoder.')
 
@@ -91,40 +90,51 @@ def time_em_step(x, e_step, iterations):
   return _median_seconds(step, FLAGS.steps)
 
 
-def e_step_curve(x, e_step, points, coefficients, jit_compile=True):
-  """[(iterations, seconds, F_a)] of E-steps from a fresh start on batch 0."""
+def time_incremental_step(x, revisit):
+  """Median seconds of one step of the default engine (module doc)."""
+  trainer = IncrementalEMTrainer(x, FLAGS.num_latents,
+                                 batch_size=FLAGS.batch_size, seed=0,
+                                 schedule=PriorAnnealing(start=10.0,
+                                                         rate=1e-9))
+  if revisit:
+    trainer.run_epoch()
+  coefficients = tf.constant((1.0, 10.0, 1.0), trainer.dtype)
+  batches = iter(trainer._batches(1) * 100)  # pylint: disable=protected-access
+  return _median_seconds(
+      lambda: trainer._visit(next(batches), coefficients),  # pylint: disable=protected-access
+      FLAGS.steps)
+
+
+def batch_objectives(x, coefficients):
+  """F_a of batch 0 after each E-step from the same fresh start."""
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((x.shape[1], FLAGS.num_latents))
+  w = tf.constant(w / np.linalg.norm(w, axis=0), x.dtype)
+  batch = tf.constant(x[:FLAGS.batch_size])
+  c = tf.constant(coefficients, x.dtype)
+  shape = [FLAGS.batch_size, FLAGS.num_latents]
+  iterations = IncrementalEMTrainer(x, 1).first_visit_iterations
+  mm = tf.function(lambda: mm_e_step(
+      batch, w, tf.zeros(shape, x.dtype), tf.ones(shape, x.dtype), c,
+      iterations=iterations, floor=DEFAULT_SCALE_FLOOR), jit_compile=True)
+  trainer = _trainer(x, 'lbfgs', 100)
+  trainer.v = w.numpy()
   indices = np.arange(FLAGS.batch_size)
-  curve = []
-  for iterations in points:
-    trainer = _trainer(x, e_step, iterations, jit_compile)
-    trainer.e_step(indices, coefficients)  # compile
+  out = {}
+  for name, run in (
+      ('mm', lambda: DiagonalGaussian(*mm())),
+      ('lbfgs_100', lambda: DiagonalGaussian.from_unconstrained(
+          trainer.e_step(indices, coefficients, fresh=True)[1]))):
+    run()  # compile
     start = time.perf_counter()
-    _, fitted = trainer.e_step(indices, coefficients)
-    fitted = {k: v.numpy() for k, v in fitted.items()}
+    q = run()
+    float(tf.reduce_sum(q.loc))
     seconds = time.perf_counter() - start
-    q = DiagonalGaussian.from_unconstrained(
-        {k: tf.constant(v) for k, v in fitted.items()})
-    value = float(entropy_elbo(
-        x[indices], normalize_columns(tf.constant(trainer.v)), q,
-        *coefficients).objective)
-    curve.append({'iterations': iterations, 'seconds': seconds,
-                  'objective': value})
-  return curve
-
-
-def seconds_to_reach(curve, target):
-  """Interpolated seconds at which a curve first reaches target (or None)."""
-  previous = {'seconds': 0.0, 'objective': -np.inf}
-  for point in curve:
-    if point['objective'] >= target:
-      if not np.isfinite(previous['objective']):
-        return point['seconds']
-      frac = ((target - previous['objective'])
-              / (point['objective'] - previous['objective']))
-      return previous['seconds'] + frac * (point['seconds']
-                                           - previous['seconds'])
-    previous = point
-  return None
+    out[name] = {'objective': float(entropy_elbo(batch, w, q,
+                                                 *coefficients).objective),
+                 'seconds': seconds}
+  out['mm']['iterations'] = iterations
+  return out
 
 
 def time_amortized_step(x):
@@ -146,84 +156,44 @@ def time_amortized_step(x):
 def main(argv):
   del argv
   x = whitened_patches(num_patches=8 * FLAGS.batch_size, patch_size=16, seed=0)
-  report = {'batch_size': FLAGS.batch_size, 'num_observed': x.shape[1],
+  devices = [d.device_type for d in tf.config.list_physical_devices()]
+  report = {'device': 'GPU' if 'GPU' in devices else 'CPU',
+            'batch_size': FLAGS.batch_size, 'num_observed': x.shape[1],
             'hidden_units': FLAGS.hidden_units,
             'num_latents': FLAGS.num_latents}
-  lbfgs_seconds, lbfgs_times = time_em_step(x, 'lbfgs', 100)
-  newton_seconds, newton_times = time_em_step(x, 'newton',
-                                              FLAGS.newton_iterations)
+  print(f'device: {report["device"]} ({tf.config.list_physical_devices()})')
+  first, first_times = time_incremental_step(x, revisit=False)
+  revisit, revisit_times = time_incremental_step(x, revisit=True)
+  paper, paper_times = time_em_step(x, 'lbfgs', 100)
+  newton, newton_times = time_em_step(x, 'newton', FLAGS.newton_iterations)
   report.update(
-      em_step_seconds=lbfgs_seconds, em_step_times=lbfgs_times,
-      em_newton_step_seconds=newton_seconds,
-      em_newton_step_times=newton_times,
+      em_step_seconds=first, em_step_times=first_times,
+      em_revisit_step_seconds=revisit, em_revisit_step_times=revisit_times,
+      paper_protocol_step_seconds=paper, paper_protocol_step_times=paper_times,
+      speedup_vs_paper_protocol=paper / first,
+      em_newton_step_seconds=newton, em_newton_step_times=newton_times,
       newton_iterations=FLAGS.newton_iterations,
-      paper_em_step_seconds=[0.77, 1.0],
-      em_speedup_vs_paper=[0.77 / lbfgs_seconds, 1.0 / lbfgs_seconds],
-      em_newton_speedup_vs_paper=[0.77 / newton_seconds,
-                                  1.0 / newton_seconds])
-  newton_points = [int(k) for k in FLAGS.newton_points]
-  lbfgs_points = [int(k) for k in FLAGS.lbfgs_points]
-  report['time_to_value'] = {}
-  for name, coefficients in (('prior_scale_10', (1.0, 10.0, 1.0)),
-                             ('no_annealing', (1.0, 1.0, 1.0))):
-    curves = {
-        'lbfgs_xla': e_step_curve(x, 'lbfgs', lbfgs_points, coefficients),
-        'lbfgs_no_xla': e_step_curve(x, 'lbfgs', lbfgs_points[:3],
-                                     coefficients, jit_compile=False),
-        'newton': e_step_curve(x, 'newton', newton_points, coefficients),
-    }
-    if FLAGS.xla_newton:
-      # Under XLA Newton's batched Cholesky is slow on CPU: two points.
-      curves['newton_xla'] = _xla_newton_curve(x, newton_points[:2],
-                                               coefficients)
-    target = next(p['objective'] for p in curves['lbfgs_xla']
-                  if p['iterations'] == 100)
-    reach = {k: seconds_to_reach(c, target) for k, c in curves.items()}
-    report['time_to_value'][name] = {
-        'target_lbfgs_100': target, 'seconds_to_target': reach,
-        'speedup_newton_vs_lbfgs': (reach['lbfgs_xla'] / reach['newton']
-                                    if reach['newton'] and reach['lbfgs_xla']
-                                    else None),
-        'curves': curves}
+      batch_objective={
+          'prior_scale_10': batch_objectives(x, (1.0, 10.0, 1.0)),
+          'no_annealing': batch_objectives(x, (1.0, 1.0, 1.0))})
   if not FLAGS.skip_amortized:
     am_seconds, am_times = time_amortized_step(x)
     report.update(amortized_step_seconds=am_seconds,
-                  amortized_step_times=am_times,
-                  paper_amortized_step_seconds=0.063)
+                  amortized_step_times=am_times)
   else:
     report['amortized_step_seconds'] = None
+  if FLAGS.peer_json:
+    with open(FLAGS.peer_json) as f:
+      peer = json.loads(f.read().strip().splitlines()[-1])
+    report['peer'] = peer
+    report['speedup_vs_peer'] = {
+        'em_step': peer['em_step_seconds_prior10'] / first,
+        'amortized_step': (peer['amortized_step_seconds']
+                           / report['amortized_step_seconds']
+                           if report['amortized_step_seconds'] else None)}
   report['peak_memory_mb'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(report))
-
-
-def _xla_newton_curve(x, points, coefficients):
-  """Newton E-step curve with the Newton loop compiled by XLA."""
-  from tfp_esc.inference.newton import newton_e_step  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  w = rng.standard_normal((x.shape[1], FLAGS.num_latents)).astype(x.dtype)
-  w = tf.constant(w / np.linalg.norm(w, axis=0))
-  batch = tf.constant(x[:FLAGS.batch_size])
-  c = tf.constant(coefficients, batch.dtype)
-  shape = [FLAGS.batch_size, FLAGS.num_latents]
-  curve = []
-  for iterations in points:
-    step = tf.function(
-        lambda n: newton_e_step(batch, w, tf.zeros(shape, batch.dtype),
-                                tf.ones(shape, batch.dtype), c,
-                                iterations=n, floor=1e-3),
-        jit_compile=True)
-    n = tf.constant(iterations)
-    step(n)
-    start = time.perf_counter()
-    loc, scale = step(n)
-    loc.numpy()
-    seconds = time.perf_counter() - start
-    value = float(entropy_elbo(batch, w, DiagonalGaussian(loc, scale),
-                               *coefficients).objective)
-    curve.append({'iterations': iterations, 'seconds': seconds,
-                  'objective': value})
-  return curve
 
 
 if __name__ == '__main__':
