@@ -21,9 +21,6 @@ UNSEEN_IMAGE_NAMES = ('coffee', 'chelsea', 'rocket', 'coins',
                       'hubble_deep_field', 'retina')
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('output', 'patches.npy', 'Where the [N, 256] patches go.')
-flags.DEFINE_integer('num_patches', 8192, 'Number of patches N.')
-flags.DEFINE_integer('seed', 0, 'Seed of the patch positions.')
 
 
 def unseen_patches(num_patches, seed=0, patch_size=16):
@@ -51,4 +48,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined here, not at import: other benchmarks import unseen_patches.
+  flags.DEFINE_string('output', 'patches.npy', 'Where the [N, 256] patches '
+                      'go.')
+  flags.DEFINE_integer('num_patches', 8192, 'Number of patches N.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the patch positions.')
   app.run(main)

@@ -227,7 +227,7 @@ class PatchesConfig:
   """
   method: str = 'em'
   engine: str = 'incremental'
-  refine_rounds: int = 4
+  refine_rounds: int = 3
   posterior: str = 'diagonal'
   rank: int = 5
   annealing: str = 'prior'

@@ -55,7 +55,7 @@ __all__ = ['DEFAULT_REFINE_ROUNDS', 'ENGINES', 'EMResult', 'EMTrainer',
 
 ENGINES = ('incremental', 'paper')
 # Refinement rounds of the incremental engine after its epochs.
-DEFAULT_REFINE_ROUNDS = 4
+DEFAULT_REFINE_ROUNDS = 3
 
 E_STEPS = ('newton', 'lbfgs')
 # Iterations per E-step when `e_step_iterations` is not given: Newton reaches

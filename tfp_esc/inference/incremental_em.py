@@ -43,7 +43,9 @@ uninterrupted one exactly.
 """
 
 import dataclasses
+import functools
 import json
+import operator
 import os
 import time
 import zipfile
@@ -82,6 +84,24 @@ class _Sums:
   magnitude: np.ndarray        # M [H]
   log_scale: float             # S
 
+  def __add__(self, other):
+    return _Sums(*(a + b for a, b in zip(dataclasses.astuple(self),
+                                          dataclasses.astuple(other))))
+
+  def __sub__(self, other):
+    return _Sums(*(a - b for a, b in zip(dataclasses.astuple(self),
+                                          dataclasses.astuple(other))))
+
+  def context(self, dictionary, dtype):
+    """These sums as the `ElboStatistics` context of `mm_e_step`."""
+    return elbo_lib.ElboStatistics(
+        count=tf.constant(self.count, dtype),
+        reconstruction=tf.constant(
+            max(0.0, self.reconstruction(dictionary)) if self.count else 0.0,
+            dtype),
+        expected_magnitude=tf.constant(self.magnitude, dtype),
+        q_entropy=tf.constant(0.0, dtype))
+
   def reconstruction(self, dictionary):
     """sum_n E||x_n - W z||^2 for the stored posteriors: a float."""
     w = dictionary.astype(np.float64)
@@ -116,13 +136,13 @@ def principal_directions(x, num_latents, seed, max_points=8192):
 
 
 def _float64_contribution(x, loc, scale):
-  """(X, A, B, M, S) of points x `[n, D]`, loc, scale `[n, H]`, in float64."""
+  """`_Sums` of points x `[n, D]` with posteriors loc, scale `[n, H]`."""
   x, loc, scale = (np.asarray(v, np.float64) for v in (x, loc, scale))
-  return (float(np.sum(np.square(x))),
-          loc.T @ loc + np.diag(np.sum(np.square(scale), 0)),
-          x.T @ loc,
-          np.sum(expected_magnitude(loc, scale).numpy(), 0),
-          float(np.sum(np.log(scale))))
+  return _Sums(float(len(x)), float(np.sum(np.square(x))),
+               loc.T @ loc + np.diag(np.sum(np.square(scale), 0)),
+               x.T @ loc,
+               np.sum(expected_magnitude(loc, scale).numpy(), 0),
+               float(np.sum(np.log(scale))))
 
 
 def dictionary_gradient(v, sums, num_observed):
@@ -164,6 +184,9 @@ class IncrementalEMTrainer:
     refine_e_step_iterations: majorise-minimise iterations per point in
       every evaluation of the profile ELBO.
     chunk_size: points per E-step call during refinement.
+    train_dictionary: False keeps `init_dictionary` (normalised) fixed and
+      only fits the posteriors: F of a frozen dictionary, and its lambda*,
+      sigma^2* (e.g. to evaluate a MAP dictionary).
     init_dictionary: optional `[D, H]` start; default Gaussian, seeded.
       `principal_directions` is another start: on whitened patches it
       speeds up the first epochs, but on bars it starts EM at a symmetric
@@ -180,8 +203,8 @@ class IncrementalEMTrainer:
   def __init__(self, x, num_latents, *, schedule=None, batch_size=256,
                e_step_iterations=8, first_visit_iterations=30,
                refine_iterations=50, refine_e_step_iterations=5,
-               chunk_size=8192, init_dictionary=None, seed=0,
-               jit_compile=True):
+               chunk_size=8192, init_dictionary=None, train_dictionary=True,
+               seed=0, jit_compile=True):
     self.x = as_data(x)
     num_points, num_observed = self.x.shape
     rms = float(np.sqrt(np.mean(np.square(self.x, dtype=np.float64))))
@@ -223,6 +246,7 @@ class IncrementalEMTrainer:
     if np.any(norms == 0):
       raise ValueError('init_dictionary has an all-zero column.')
     self.w = init_dictionary / norms                       # float64 [D, H]
+    self.train_dictionary = bool(train_dictionary)
     shape = (num_points, self.num_latents)
     self.loc = np.zeros(shape, self.x.dtype)
     self.scale = np.full(shape, rms, self.x.dtype)
@@ -285,19 +309,6 @@ class IncrementalEMTrainer:
     return [order[i:i + self.batch_size]
             for i in range(0, len(order), self.batch_size)]
 
-  def _context(self, old, num_seen):
-    """`ElboStatistics` of the seen points outside the batch."""
-    sums = self.sums
-    rest = _Sums(sums.count - num_seen, sums.data_norms2 - old[0],
-                 sums.second_moment - old[1], sums.cross - old[2],
-                 sums.magnitude - old[3], 0.0)
-    return elbo_lib.ElboStatistics(
-        count=tf.constant(rest.count, self.dtype),
-        reconstruction=tf.constant(max(0.0, rest.reconstruction(self.w)),
-                                   self.dtype),
-        expected_magnitude=tf.constant(rest.magnitude, self.dtype),
-        q_entropy=tf.constant(0.0, self.dtype))
-
   def _visit(self, indices, coefficients):
     """E-step on a batch, the sums updated, then the M-step."""
     seen = self.seen[indices]
@@ -310,7 +321,7 @@ class IncrementalEMTrainer:
     old = _float64_contribution(x[seen], loc[seen], scale[seen])
     loc[~seen] = 0.0
     scale[~seen] = self._init_scale
-    context = self._context(old, int(seen.sum()))
+    context = (self.sums - old).context(self.w, self.dtype)
     iterations = (self.e_step_iterations if np.all(seen)
                   else self.first_visit_iterations)
     scales = None
@@ -335,18 +346,13 @@ class IncrementalEMTrainer:
       raise FloatingPointError(
           f'incremental EM epoch {self.epoch}: the E-step gave non-finite '
           'posterior parameters.')
-    new = [np.asarray(v, np.float64) for v in new]
-    sums = self.sums
-    sums.count += float(np.sum(~seen))
-    sums.data_norms2 += float(new[0]) - old[0]
-    sums.second_moment += new[1] - old[1]
-    sums.cross += new[2] - old[2]
-    sums.magnitude += new[3] - old[3]
-    sums.log_scale += float(new[4]) - old[4]
+    self.sums = self.sums - old + _Sums(
+        float(len(indices)), *(np.asarray(v, np.float64) for v in new))
     self.loc[indices] = new_loc / self._gain
     self.scale[indices] = new_scale / self._gain
     self.seen[indices] = True
-    self._m_step()
+    if self.train_dictionary:
+      self._m_step()
 
   def _m_step(self):
     """W = normalised B A^-1, codes rescaled by the column norms (exact)."""
@@ -383,17 +389,10 @@ class IncrementalEMTrainer:
     """The sums from scratch over the seen points (float64, in chunks)."""
     self._fold_gain()
     sums = self._empty_sums()
-    for start in range(0, len(self.x), 8192):
-      seen = self.seen[start:start + 8192]
-      part = _float64_contribution(self.x[start:start + 8192][seen],
-                                   self.loc[start:start + 8192][seen],
-                                   self.scale[start:start + 8192][seen])
-      sums.count += float(np.sum(seen))
-      sums.data_norms2 += part[0]
-      sums.second_moment += part[1]
-      sums.cross += part[2]
-      sums.magnitude += part[3]
-      sums.log_scale += part[4]
+    for indices in self._chunks():
+      seen = indices[self.seen[indices]]
+      sums = sums + _float64_contribution(self.x[seen], self.loc[seen],
+                                          self.scale[seen])
     self.sums = sums
 
   def elbo_terms(self, a_q=1.0, a_prior=1.0, a_lik=1.0):
@@ -455,33 +454,32 @@ class IncrementalEMTrainer:
             for i in range(0, len(self.x), self.chunk_size)]
 
   def _profile_pass(self, dictionary, parts):
-    """E-steps of every chunk at a fixed dictionary; updates `parts`."""
+    """E-steps of every chunk at a fixed dictionary; updates `parts`.
+
+    Args:
+      dictionary: `[D, H]` float64 unit-norm W.
+      parts: list of every chunk's `_Sums`, replaced by the new ones.
+
+    Returns:
+      `_Sums` of all points.
+    """
     coefficients = tf.ones([3], self.dtype)
     w = tf.constant(dictionary, self.dtype)
+    total = functools.reduce(operator.add, parts)
     for k, indices in enumerate(self._chunks()):
-      rest = [sum(p[i] for j, p in enumerate(parts) if j != k)
-              for i in range(5)] if len(parts) > 1 else [0.0, 0.0, 0.0, 0.0, 0.0]
-      count = float(len(self.x) - len(indices))
-      context = elbo_lib.ElboStatistics(
-          count=tf.constant(count, self.dtype),
-          reconstruction=tf.constant(
-              max(0.0, _Sums(count, rest[0], rest[1], rest[2], rest[3],
-                             0.0).reconstruction(dictionary)) if count else 0.0,
-              self.dtype),
-          expected_magnitude=tf.constant(
-              rest[3] if count else np.zeros(self.num_latents), self.dtype),
-          q_entropy=tf.constant(0.0, self.dtype))
+      context = (total - parts[k]).context(dictionary, self.dtype)
       loc, scale, new = self._coupled_step(
           tf.constant(self.x[indices]), w, tf.constant(self.loc[indices]),
           tf.constant(np.maximum(self.scale[indices], 2.0 * self.floor)),
           coefficients, context, tf.constant(self.refine_e_step_iterations))
       self.loc[indices] = loc.numpy()
       self.scale[indices] = scale.numpy()
-      parts[k] = tuple(np.asarray(v, np.float64) for v in new)
+      new = _Sums(float(len(indices)), *(np.asarray(v, np.float64)
+                                         for v in new))
+      total = total - parts[k] + new
+      parts[k] = new
     self._passes += 1
-    sums = _Sums(float(len(self.x)), *(sum(p[i] for p in parts)
-                                      for i in range(5)))
-    return sums
+    return functools.reduce(operator.add, parts)
 
   def run_refinement_round(self):
     """`refine_iterations` L-BFGS iterations on the profile ELBO.
@@ -508,6 +506,9 @@ class IncrementalEMTrainer:
     if not np.all(self.seen):
       raise ValueError('refinement needs every point fitted once: run at '
                        'least one EM epoch first.')
+    if not self.train_dictionary:
+      raise ValueError('refinement trains the dictionary, but this trainer '
+                       'has train_dictionary=False.')
     start = time.perf_counter()
     self._fold_gain()
     parts = [_float64_contribution(self.x[i], self.loc[i], self.scale[i])

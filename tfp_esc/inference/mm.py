@@ -143,7 +143,8 @@ def _two_variable_newton(target, loc, scale, k, k_s, b, a_q, floor,
 
 
 def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
-              context=None, scales=None, inner_iterations=2):
+              context=None, scales=None, noise_variance=None,
+              inner_iterations=2):
   """Raises F_a of a batch (with `context`) over diagonal posteriors.
 
   Args:
@@ -163,6 +164,10 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
     scales: optional `[H]` float lambda held fixed instead of lambda* (then
       every iteration raises L_a at these lambda and sigma^2*, a bounded
       objective for any a_prior; see `IncrementalEMTrainer`'s annealing).
+    noise_variance: optional scalar sigma^2 held fixed instead of sigma^2*.
+      With both fixed, every iteration raises the classical L_a of the
+      batch at them, which separates over points: held-out evaluation
+      (SPEC 12).
     inner_iterations: two-variable Newton steps per iteration.
 
   Returns:
@@ -199,14 +204,19 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
 
   fixed_scales = None if scales is None else tf.convert_to_tensor(scales,
                                                                    dtype)
+  fixed_noise = (None if noise_variance is None
+                 else tf.convert_to_tensor(noise_variance, dtype))
 
   def optimal(magnitude, rec):
     if fixed_scales is None:
       scales = (context_magnitude + tf.reduce_sum(magnitude, 0)) / count
     else:
       scales = fixed_scales
-    noise_variance = (context_reconstruction + tf.reduce_sum(rec)) / (
-        count * num_observed)
+    if fixed_noise is None:
+      noise_variance = (context_reconstruction + tf.reduce_sum(rec)) / (
+          count * num_observed)
+    else:
+      noise_variance = fixed_noise
     return scales, noise_variance
 
   def per_point(rec, magnitude, s, scales, noise_variance):
