@@ -6,6 +6,7 @@ flows: data -> model -> posterior -> objective -> inference -> evaluation.
 
 from tfp_esc.data.bars import make_bars
 from tfp_esc.evaluation.metrics import bars_recovery, gini_index
+from tfp_esc.inference.em import fit_em
 from tfp_esc.inference.joint import fit_joint
 from tfp_esc.model.sparse_coding import SparseCodingModel
 from tfp_esc.objective.annealing import get_schedule
@@ -23,6 +24,7 @@ __all__ = [
     'bars_recovery',
     'classical_elbo',
     'entropy_elbo',
+    'fit_em',
     'fit_joint',
     'get_schedule',
     'gini_index',

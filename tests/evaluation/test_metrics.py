@@ -264,3 +264,34 @@ def test_bars_recovery_errors(true, learned, match):
 def test_bad_threshold(threshold):
   with pytest.raises(ValueError, match=r'threshold must be in \(0, 1\]'):
     metrics.bars_recovery(np.eye(3), np.eye(3), threshold=threshold)
+
+
+def test_spatial_spread_of_known_fields():
+  side = 16
+  i, j = np.meshgrid(np.arange(side), np.arange(side), indexing='ij')
+  # A Gaussian blob of standard deviation 1.5 px centred at (5, 9): its
+  # energy (the square) has standard deviation 1.5 / sqrt(2) per axis, so
+  # the spread is 1.5 px (up to the grid's truncation, negligible here).
+  blob = np.exp(-((i - 5.0)**2 + (j - 9.0)**2) / (2 * 1.5**2))
+  # A grating fills the patch: its energy is uniform across rows, so its
+  # spread is at least the rows' standard deviation sqrt((16^2 - 1) / 12).
+  grating = np.cos(2 * np.pi * j / 4.0)
+  single = np.zeros((side, side))
+  single[3, 4] = -2.0
+  fields = np.stack([blob, grating, single], -1).reshape(side * side, 3)
+  spread = metrics.spatial_spread(fields, (side, side))
+  np.testing.assert_allclose(spread[0], 1.5, rtol=1e-3)
+  assert spread[1] > np.sqrt((side**2 - 1) / 12)
+  assert spread[2] == 0.0
+  np.testing.assert_allclose(
+      metrics.localized_fraction(fields, (side, side)), 2 / 3)
+  # Scale of a column does not matter.
+  np.testing.assert_allclose(
+      metrics.spatial_spread(fields * [3.0, 0.1, 7.0], (side, side)), spread)
+
+
+def test_spatial_spread_rejects_bad_input():
+  with pytest.raises(ValueError, match='patch_shape'):
+    metrics.spatial_spread(np.ones((10, 2)), (4, 4))
+  with pytest.raises(ValueError, match='zero columns'):
+    metrics.spatial_spread(np.zeros((16, 2)), (4, 4))
