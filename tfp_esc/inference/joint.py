@@ -24,7 +24,15 @@ H[p(x | z, sigma^2*)] of F at lambda = lambda*, sigma^2 = sigma^2*
 (Theorem 1).
 
 Annealing schedules are indexed by the L-BFGS call: call k optimises F_a with
-the coefficients `schedule(k)`.
+the coefficients `schedule(k)`. Prior annealing (a_prior > 1) makes F_a
+unbounded above under a common shrinkage c of all codes (it grows by
+(a_prior - a_q) H log(1/c)), and L-BFGS run to convergence finds that
+direction: every code collapsed (0 of 10 bars runs recovered the bars). So
+an annealed call holds lambda at lambda* of the call's start: the prior
+entropy of F_a becomes the cross-entropy
+sum_h [log(2 lambda_h) + lambda*_h / lambda_h], bounded below as the codes
+shrink, while sigma^2 stays sigma^2*. lambda follows the codes from call to
+call; with a_prior <= 1 the objective is F_a itself.
 """
 
 import dataclasses
@@ -172,24 +180,39 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
     q = family.from_unconstrained(dict(zip(names, pieces)), floor=scale_floor)
     return dictionary, q
 
-  def terms_at(flat, coefficients):
+  def terms_at(flat, coefficients, held_scales=None):
     dictionary, q = unpack(flat)
     if frozen_parameters is not None:
       return _classical_terms(x, dictionary, q, *frozen_parameters)
-    return entropy_elbo(x, dictionary, q, coefficients[0], coefficients[1],
-                        coefficients[2])
+    terms = entropy_elbo(x, dictionary, q, coefficients[0], coefficients[1],
+                         coefficients[2])
+    if held_scales is None:
+      return terms
+    # Annealed calls (a_prior > 1) hold lambda at `held_scales`: the prior
+    # entropy becomes the cross-entropy sum_h log(2 lambda_h) + lambda*_h /
+    # lambda_h, which keeps F_a bounded (module doc). Where a_prior <= 1
+    # `held_scales` is lambda* itself and the value is F_a's.
+    held_objective = (
+        coefficients[0] * terms.q_entropy
+        - coefficients[1] * tf.reduce_sum(tf.math.log(2.0 * held_scales)
+                                          + terms.scales / held_scales)
+        - coefficients[2] * terms.likelihood_entropy)
+    return terms._replace(objective=tf.where(coefficients[1] > 1.0,
+                                             held_objective, terms.objective))
 
-  def loss_and_gradient(flat, coefficients):
+  def loss_and_gradient(flat, coefficients, held_scales):
     # The sum over data points (N F_a) keeps per-point gradients O(1).
     with tf.GradientTape() as tape:
       tape.watch(flat)
-      loss = -num_points * terms_at(flat, coefficients).objective
+      loss = -num_points * terms_at(flat, coefficients,
+                                    held_scales).objective
     return loss, tape.gradient(loss, flat)
 
   @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-  def lbfgs_call(flat, coefficients):
+  def lbfgs_call(flat, coefficients, held_scales):
     result = tfp.optimizer.lbfgs_minimize(
-        lambda p: loss_and_gradient(p, coefficients), initial_position=flat,
+        lambda p: loss_and_gradient(p, coefficients, held_scales),
+        initial_position=flat,
         num_correction_pairs=num_correction_pairs,
         max_iterations=max_iterations, tolerance=0.0)
     return (result.position, result.num_iterations,
@@ -226,8 +249,10 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   for call in range(int(max_calls)):
     c = schedule(call)
     coefficients = (c.q, c.prior, c.likelihood)
+    # lambda held during an annealed call: lambda* where the call starts.
+    held_scales = evaluate(position, tf.constant(coefficients, dtype)).scales
     position, iterations, evaluations = lbfgs_call(
-        position, tf.constant(coefficients, dtype))
+        position, tf.constant(coefficients, dtype), held_scales)
     values = record(call + 1, position, coefficients, iterations, evaluations,
                     time.perf_counter() - start)
     if log_every and (call + 1) % log_every == 0:
