@@ -100,32 +100,30 @@ def score(w, x_fit, x_test):
   return heldout, float(noise_variance)
 
 
+def _snapshots_until_budget(trainer, step):
+  """(seconds, dictionary, training ELBO) after every `step()` of a trainer,
+  until its training seconds pass --max_seconds."""
+  snapshots = []
+  while not snapshots or snapshots[-1][0] < FLAGS.max_seconds:
+    record = step()
+    snapshots.append((record['seconds'], trainer.dictionary.copy(),
+                      record['elbo']))
+  return snapshots
+
+
 def run_default(x):
   trainer = IncrementalEMTrainer(x, FLAGS.num_latents,
                                  schedule=get_schedule('prior'),
                                  batch_size=512, seed=FLAGS.seed)
-  snapshots = []
-  while trainer.history['seconds'] == [] or (
-      trainer.history['seconds'][-1] < FLAGS.max_seconds):
-    if trainer.epoch < FLAGS.epochs:
-      record = trainer.run_epoch()
-    else:
-      record = trainer.run_refinement_round()
-    snapshots.append((record['seconds'], trainer.dictionary.copy(),
-                      record['elbo']))
-  return snapshots
+  return _snapshots_until_budget(
+      trainer, lambda: (trainer.run_epoch() if trainer.epoch < FLAGS.epochs
+                        else trainer.run_refinement_round()))
 
 
 def run_paper(x):
   trainer = EMTrainer(x, FLAGS.num_latents, schedule=get_schedule('prior'),
                       batch_size=512, seed=FLAGS.seed)
-  snapshots = []
-  while trainer.history['seconds'] == [] or (
-      trainer.history['seconds'][-1] < FLAGS.max_seconds):
-    record = trainer.run_epoch()
-    snapshots.append((record['seconds'], trainer.dictionary.copy(),
-                      record['elbo']))
-  return snapshots
+  return _snapshots_until_budget(trainer, trainer.run_epoch)
 
 
 def run_map(x, alpha):

@@ -4,7 +4,7 @@ import numpy as np
 
 from tfp_esc import _checks
 
-__all__ = ['TERMS', 'as_data', 'elbo_record']
+__all__ = ['TERMS', 'as_data', 'batches', 'elbo_record']
 
 TERMS = ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')
 
@@ -48,3 +48,18 @@ def as_data(x):
     raise ValueError(f'x must have rank 2, got shape {x.shape}.')
   _checks.check_finite(x, 'x')
   return x
+
+
+def batches(num_points, batch_size, seed, epoch, drop_remainder=False):
+  """An epoch's minibatches: a permutation that depends only on (seed, epoch).
+
+  So a run resumed from a checkpoint draws the same batches as an
+  uninterrupted one.
+
+  Returns:
+    list of int index arrays of length `batch_size` (the last one shorter
+    unless `drop_remainder`).
+  """
+  order = np.random.default_rng([seed, epoch]).permutation(num_points)
+  stop = num_points - (num_points % batch_size if drop_remainder else 0)
+  return [order[i:i + batch_size] for i in range(0, stop, batch_size)]

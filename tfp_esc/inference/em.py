@@ -42,7 +42,7 @@ import tensorflow_probability as tfp
 from absl import logging
 
 from tfp_esc import _checks, artifacts
-from tfp_esc.inference._training import TERMS, as_data, elbo_record
+from tfp_esc.inference._training import TERMS, as_data, batches, elbo_record
 from tfp_esc.inference.incremental_em import IncrementalEMTrainer
 from tfp_esc.inference.newton import newton_e_step
 from tfp_esc.model.sparse_coding import normalize_columns
@@ -294,10 +294,8 @@ class EMTrainer:
   # -- training ---------------------------------------------------------------
 
   def _batches(self, epoch, drop_remainder):
-    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
-    stop = len(order) - (len(order) % self.batch_size if drop_remainder else 0)
-    return [order[i:i + self.batch_size]
-            for i in range(0, stop, self.batch_size)]
+    return batches(len(self.x), self.batch_size, self.seed, epoch,
+                   drop_remainder)
 
   def _gather(self, indices, fresh):
     if not fresh:

@@ -68,7 +68,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfp_esc import _checks, artifacts
-from tfp_esc.inference._training import TERMS, as_data, elbo_record
+from tfp_esc.inference._training import TERMS, as_data, batches, elbo_record
 from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective.annealing import NoAnnealing
@@ -147,14 +147,24 @@ def principal_directions(x, num_latents, seed, max_points=8192):
   return columns / np.linalg.norm(columns, axis=0)
 
 
+def _contribution(x, loc, scale):
+  """A batch's share of the sums (X, A, B, M, S), in the inputs' dtype.
+
+  The one home of these formulas: the compiled step uses it in the data's
+  dtype, `_float64_contribution` in float64.
+  """
+  return (tf.reduce_sum(tf.square(x)),
+          tf.matmul(loc, loc, transpose_a=True)
+          + tf.linalg.diag(tf.reduce_sum(tf.square(scale), 0)),
+          tf.matmul(x, loc, transpose_a=True),
+          tf.reduce_sum(expected_magnitude(loc, scale), 0),
+          tf.reduce_sum(tf.math.log(scale)))
+
+
 def _float64_contribution(x, loc, scale):
   """`_Sums` of points x `[n, D]` with posteriors loc, scale `[n, H]`."""
-  x, loc, scale = (np.asarray(v, np.float64) for v in (x, loc, scale))
-  return _Sums(float(len(x)), float(np.sum(np.square(x))),
-               loc.T @ loc + np.diag(np.sum(np.square(scale), 0)),
-               x.T @ loc,
-               np.sum(expected_magnitude(loc, scale).numpy(), 0),
-               float(np.sum(np.log(scale))))
+  parts = _contribution(*(tf.constant(v, tf.float64) for v in (x, loc, scale)))
+  return _Sums(float(len(x)), *(np.asarray(v) for v in parts))
 
 
 def dictionary_gradient(v, sums, num_observed):
@@ -292,22 +302,12 @@ class IncrementalEMTrainer:
 
   # -- the compiled batch step ------------------------------------------------
 
-  @staticmethod
-  def _contribution(x, loc, scale):
-    """A batch's share of the sums (X, A, B, M, S), in the data's dtype."""
-    return (tf.reduce_sum(tf.square(x)),
-            tf.matmul(loc, loc, transpose_a=True)
-            + tf.linalg.diag(tf.reduce_sum(tf.square(scale), 0)),
-            tf.matmul(x, loc, transpose_a=True),
-            tf.reduce_sum(expected_magnitude(loc, scale), 0),
-            tf.reduce_sum(tf.math.log(scale)))
-
   def _batch_step(self, x, dictionary, loc, scale, coefficients, context,
                   iterations, scales=None):
     loc, scale = mm_e_step(x, dictionary, loc, scale, coefficients,
                            iterations=iterations, floor=self.floor,
                            context=context, scales=scales)
-    return loc, scale, self._contribution(x, loc, scale)
+    return loc, scale, _contribution(x, loc, scale)
 
   # -- training ---------------------------------------------------------------
 
@@ -317,9 +317,7 @@ class IncrementalEMTrainer:
                  0.0)
 
   def _batches(self, epoch):
-    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
-    return [order[i:i + self.batch_size]
-            for i in range(0, len(order), self.batch_size)]
+    return batches(len(self.x), self.batch_size, self.seed, epoch)
 
   def _visit(self, indices, coefficients):
     """E-step on a batch, the sums updated, then the M-step."""

@@ -194,8 +194,7 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
     # `held_scales` is lambda* itself and the value is F_a's.
     held_objective = (
         coefficients[0] * terms.q_entropy
-        - coefficients[1] * tf.reduce_sum(tf.math.log(2.0 * held_scales)
-                                          + terms.scales / held_scales)
+        - coefficients[1] * _prior_cross_entropy(terms.scales, held_scales)
         - coefficients[2] * terms.likelihood_entropy)
     return terms._replace(objective=tf.where(coefficients[1] > 1.0,
                                              held_objective, terms.objective))
@@ -249,8 +248,10 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   for call in range(int(max_calls)):
     c = schedule(call)
     coefficients = (c.q, c.prior, c.likelihood)
-    # lambda held during an annealed call: lambda* where the call starts.
-    held_scales = evaluate(position, tf.constant(coefficients, dtype)).scales
+    # lambda held during an annealed call: lambda* where the call starts
+    # (unused, so not computed, when a_prior <= 1).
+    held_scales = (evaluate(position, tf.constant(coefficients, dtype)).scales
+                   if c.prior > 1.0 else tf.ones([num_latents], dtype))
     position, iterations, evaluations = lbfgs_call(
         position, tf.constant(coefficients, dtype), held_scales)
     values = record(call + 1, position, coefficients, iterations, evaluations,
@@ -314,6 +315,15 @@ def _check_frozen_parameters(scales, noise_variance, num_latents, dtype,
   return scales, noise_variance
 
 
+def _prior_cross_entropy(optimal_scales, scales):
+  """CE_prior = sum_h [log(2 lambda_h) + lambda*_h / lambda_h] (module doc).
+
+  optimal_scales: `[H]` lambda* = (1/N) sum_n A(nu_nh, sqrt(T_n,hh)); at
+  lambda = lambda* it is the prior entropy H[p(z | lambda*)].
+  """
+  return tf.reduce_sum(tf.math.log(2.0 * scales) + optimal_scales / scales)
+
+
 def _classical_terms(x, dictionary, posterior, scales, noise_variance):
   """L(lambda, sigma^2) and its terms (module doc) as an `EntropyElbo`.
 
@@ -324,9 +334,8 @@ def _classical_terms(x, dictionary, posterior, scales, noise_variance):
   count = statistics.count
   num_observed = tf.cast(tf.shape(x)[-1], x.dtype)
   q_entropy = statistics.q_entropy / count
-  prior_cross_entropy = tf.reduce_sum(
-      tf.math.log(2.0 * scales) + statistics.expected_magnitude
-      / (count * scales))
+  prior_cross_entropy = _prior_cross_entropy(
+      statistics.expected_magnitude / count, scales)
   likelihood_cross_entropy = (
       0.5 * num_observed * tf.math.log(2.0 * np.pi * noise_variance)
       + statistics.reconstruction / (2.0 * count * noise_variance))

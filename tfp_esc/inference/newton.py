@@ -32,11 +32,11 @@ import math
 
 import tensorflow as tf
 
-from tfp_esc.objective.special import expected_magnitude
+from tfp_esc.objective.special import (expected_magnitude,
+                                        expected_magnitude_partials)
 
 __all__ = ['newton_e_step']
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.125, 0.0)
 
 
@@ -88,15 +88,13 @@ def _directions(x, dictionary, gram, projected, loc, scale, coefficients,
   column_norms2 = tf.linalg.diag_part(gram)
   residual = x - tf.matmul(loc, dictionary, transpose_b=True)      # [B, D]
   residual2 = tf.reduce_sum(tf.square(residual), -1)               # [B]
-  magnitude = expected_magnitude(loc, scale)                       # [B, H]
+  # A = E|u| and its partials dA/dnu = erf, dA/ds = density: [B, H] each.
+  magnitude, erf, density = expected_magnitude_partials(loc, scale)
   scales = tf.reduce_mean(magnitude, 0)                            # [H]
   noise_variance = tf.reduce_mean(
       residual2 + tf.linalg.matvec(tf.square(scale), column_norms2)
   ) / num_observed
   precision = a_lik / noise_variance
-  z = tf.clip_by_value(loc / (math.sqrt(2.0) * scale), -30.0, 30.0)
-  density = _SQRT_2_OVER_PI * tf.exp(-tf.square(z))                # dA/ds
-  erf = tf.math.erf(z)                                             # dA/dnu
   prior_weight = a_prior / scales
   back_projected = projected - tf.matmul(loc, gram)                # W^T r
   # Gradient of -g (= of -F_a B, by the envelope theorem).
