@@ -20,12 +20,32 @@ Entropy ELBO (Theorem 1, Eq. 15, with annealing coefficients of Eq. 17):
         - a_lik H[p(x|z, sigma^2*)]
 
 F_1 = L(lambda*, sigma^2*) exactly; only the non-annealed value is an ELBO.
+
+Observation masks (image restoration: missing pixels). With m_n in {0, 1}^D
+(1 = observed) the likelihood runs over the observed entries only,
+p(x_n,obs | z) = N(M_n W z, sigma^2 I) on the |m_n| observed coordinates:
+
+  E_q[log p(x_n,obs|z)] = -(|m_n|/2) log(2 pi sigma^2)
+        - (||m_n * (x_n - W nu_n)||^2 + tr(M_n W T_n W^T M_n)) / (2 sigma^2)
+
+with M_n = diag(m_n). Maximising over sigma^2 gives the mean expected squared
+residual per observed entry, sigma^2* = sum_n E_q||m_n * (x_n - W z)||^2 /
+sum_n |m_n|, and lambda* is unchanged. Substituting both as in Theorem 2,
+
+  F = (1/N) sum_n H[q_n] - H[p(z|lambda*)] - (Dbar/2) log(2 pi e sigma^2*),
+  Dbar = (1/N) sum_n |m_n|,
+
+i.e. F with D replaced by the mean number of observed entries per point:
+`entropy_elbo_from_statistics(statistics, num_observed=Dbar)`. A mask of
+all ones gives the unmasked F exactly.
+
 Everything works inside `tf.function` and XLA, in float32 and float64.
 """
 
 import collections
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from tfp_esc import _checks
@@ -66,6 +86,23 @@ Fields:
 """
 
 
+def _check_mask(mask, x):
+  """`mask` (None, or bool/0-1 `[N, D]` like x) as a 0/1 float tensor."""
+  if mask is None:
+    return None
+  if not tf.is_tensor(mask):
+    values = np.asarray(mask)
+    if values.dtype != bool and not np.all((values == 0) | (values == 1)):
+      raise ValueError('mask must be boolean or hold only 0 and 1 '
+                       '(1 = observed).')
+    mask = values
+  mask = tf.cast(mask, x.dtype)
+  if not mask.shape.is_compatible_with(x.shape):
+    raise ValueError(f'mask has shape {mask.shape.as_list()} but x has shape '
+                     f'{x.shape.as_list()}; they must be equal.')
+  return mask
+
+
 def _check_inputs(x, dictionary, posterior):
   """Converts and checks x `[N, D]` and W `[D, H]` against the posterior."""
   dtype = posterior.dtype
@@ -87,33 +124,49 @@ def _check_inputs(x, dictionary, posterior):
   return x, dictionary
 
 
-def reconstruction_error(x, dictionary, posterior):
-  """E_q ||x_n - W z||^2 = ||x_n - W nu_n||^2 + tr(W T_n W^T).
+def reconstruction_error(x, dictionary, posterior, mask=None):
+  """E_q ||m_n * (x_n - W z)||^2 = ||m_n * (x_n - W nu_n)||^2 + tr(M_n W T_n W^T).
 
   Args:
     x: `[N, D]` float.
     dictionary: `[D, H]` float W.
     posterior: a `GaussianPosterior` with N points.
+    mask: optional `[N, D]` bool or 0/1, true where x is observed; default
+      all observed (m_n = 1).
 
   Returns:
     `[N]` float.
   """
   x, dictionary = _check_inputs(x, dictionary, posterior)
-  return _reconstruction_error(x, dictionary, posterior)
+  return _reconstruction_error(x, dictionary, posterior,
+                               _check_mask(mask, x))
 
 
-def _reconstruction_error(x, dictionary, posterior):
+def _reconstruction_error(x, dictionary, posterior, mask=None):
   # For callers that have already checked their inputs.
   residual = x - tf.matmul(posterior.loc, dictionary, transpose_b=True)
+  if mask is not None:
+    residual = mask * residual
   return (tf.reduce_sum(tf.square(residual), axis=-1)
-          + posterior.trace_term(dictionary))
+          + posterior.trace_term(dictionary, mask))
 
 
-def optimal_noise_variance(x, dictionary, posterior):
-  """sigma^2* = (1/(N D)) sum_n E_q ||x_n - W z||^2: `[]` float."""
-  error = reconstruction_error(x, dictionary, posterior)
-  num_observed = tf.cast(tf.shape(x)[-1], error.dtype)
-  return tf.reduce_mean(error) / num_observed
+def _num_observed(x, mask):
+  """Mean observed entries per point: D, or sum(mask) / N with a mask."""
+  if mask is None:
+    return tf.cast(tf.shape(x)[-1], x.dtype)
+  return tf.reduce_sum(mask) / tf.cast(tf.shape(x)[0], x.dtype)
+
+
+def optimal_noise_variance(x, dictionary, posterior, mask=None):
+  """sigma^2* = sum_n E_q ||m_n * (x_n - W z)||^2 / sum_n |m_n|: `[]` float.
+
+  Without a mask |m_n| = D: (1/(N D)) sum_n E_q ||x_n - W z||^2.
+  """
+  x, dictionary = _check_inputs(x, dictionary, posterior)
+  mask = _check_mask(mask, x)
+  error = _reconstruction_error(x, dictionary, posterior, mask)
+  return tf.reduce_mean(error) / _num_observed(x, mask)
 
 
 def optimal_scales(posterior):
@@ -126,7 +179,7 @@ def _expected_magnitudes(posterior):
 
 
 def classical_elbo(x, dictionary, posterior, scales, noise_variance,
-                   per_point=False):
+                   per_point=False, mask=None):
   """The classical analytic ELBO L for any lambda and sigma^2 (SPEC 4).
 
   With scales = 1 and a free dictionary W~ this is the ELBO of the original
@@ -139,6 +192,8 @@ def classical_elbo(x, dictionary, posterior, scales, noise_variance,
     scales: `[H]` positive float, lambda.
     noise_variance: positive scalar sigma^2.
     per_point: return L_n `[N]` instead of the mean.
+    mask: optional `[N, D]` bool or 0/1, true where x is observed (the
+      likelihood runs over observed entries only); default all observed.
 
   Returns:
     `[]` (or `[N]`) float.
@@ -147,6 +202,7 @@ def classical_elbo(x, dictionary, posterior, scales, noise_variance,
     ValueError: mismatched shapes, NaN/inf, non-positive scales or variance.
   """
   x, dictionary = _check_inputs(x, dictionary, posterior)
+  mask = _check_mask(mask, x)
   dtype = posterior.dtype
   scales = _checks.as_float_tensor(scales, 'scales', dtype, rank=1)
   noise_variance = _checks.as_float_tensor(noise_variance, 'noise_variance',
@@ -157,10 +213,13 @@ def classical_elbo(x, dictionary, posterior, scales, noise_variance,
                      f'{dictionary.shape[1]} columns.')
   _checks.check_positive(scales, 'scales')
   _checks.check_positive(noise_variance, 'noise_variance')
-  num_observed = tf.cast(tf.shape(x)[-1], dtype)
+  if mask is None:
+    num_observed = tf.cast(tf.shape(x)[-1], dtype)
+  else:
+    num_observed = tf.reduce_sum(mask, axis=-1)
   log_lik = (-0.5 * num_observed * tf.math.log(2.0 * math.pi
                                                 * noise_variance)
-             - _reconstruction_error(x, dictionary, posterior)
+             - _reconstruction_error(x, dictionary, posterior, mask)
              / (2.0 * noise_variance))
   log_prior = -tf.reduce_sum(
       tf.math.log(2.0 * scales) + _expected_magnitudes(posterior) / scales,
@@ -186,18 +245,22 @@ Fields:
 """
 
 
-def elbo_statistics(x, dictionary, posterior):
+def elbo_statistics(x, dictionary, posterior, mask=None):
   """The sums (`ElboStatistics`) of x `[N, D]`, W `[D, H]` and q that F needs.
+
+  With `mask` (`[N, D]`, true = observed) the reconstruction sum runs over
+  observed entries only; F then needs num_observed = sum(mask) / N.
 
   Raises:
     ValueError: mismatched shapes or NaN/inf inputs.
   """
   x, dictionary = _check_inputs(x, dictionary, posterior)
+  mask = _check_mask(mask, x)
   dtype = posterior.dtype
   return ElboStatistics(
       count=tf.cast(tf.shape(x)[0], dtype),
       reconstruction=tf.reduce_sum(
-          _reconstruction_error(x, dictionary, posterior)),
+          _reconstruction_error(x, dictionary, posterior, mask)),
       expected_magnitude=tf.reduce_sum(_expected_magnitudes(posterior), 0),
       q_entropy=tf.reduce_sum(posterior.entropy()))
 
@@ -213,7 +276,8 @@ def entropy_elbo_from_statistics(statistics, num_observed, a_q=1.0,
 
   Args:
     statistics: `ElboStatistics`.
-    num_observed: D.
+    num_observed: D, or with observation masks the mean number of observed
+      entries per point, sum_n |m_n| / N (module doc).
     a_q, a_prior, a_lik: annealing coefficients, as in `entropy_elbo`.
 
   Returns:
@@ -240,7 +304,8 @@ def entropy_elbo_from_statistics(statistics, num_observed, a_q=1.0,
                      noise_variance=noise_variance, scales=scales)
 
 
-def entropy_elbo(x, dictionary, posterior, a_q=1.0, a_prior=1.0, a_lik=1.0):
+def entropy_elbo(x, dictionary, posterior, a_q=1.0, a_prior=1.0, a_lik=1.0,
+                 mask=None):
   """The entropy ELBO F (Eq. 15) and its annealed form F_a (Eq. 17).
 
   Args:
@@ -249,6 +314,8 @@ def entropy_elbo(x, dictionary, posterior, a_q=1.0, a_prior=1.0, a_lik=1.0):
     posterior: a `GaussianPosterior` with N points, same dtype.
     a_q, a_prior, a_lik: annealing coefficients (floats or scalar tensors;
       pass tensors inside a `tf.function` to avoid retracing).
+    mask: optional `[N, D]` bool or 0/1, true where x is observed: the
+      masked F of the module doc; default all observed.
 
   Returns:
     `EntropyElbo` of scalar tensors (and `scales` `[H]`).
@@ -256,6 +323,11 @@ def entropy_elbo(x, dictionary, posterior, a_q=1.0, a_prior=1.0, a_lik=1.0):
   Raises:
     ValueError: mismatched shapes or NaN/inf inputs.
   """
-  statistics = elbo_statistics(x, dictionary, posterior)
-  return entropy_elbo_from_statistics(statistics, tf.shape(x)[-1], a_q,
+  statistics = elbo_statistics(x, dictionary, posterior, mask)
+  if mask is None:
+    num_observed = tf.shape(x)[-1]
+  else:
+    x = tf.convert_to_tensor(x, posterior.dtype)
+    num_observed = _num_observed(x, _check_mask(mask, x))
+  return entropy_elbo_from_statistics(statistics, num_observed, a_q,
                                       a_prior, a_lik)

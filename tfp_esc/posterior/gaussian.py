@@ -39,6 +39,14 @@ __all__ = [
 DEFAULT_SCALE_FLOOR = 1e-3
 
 
+def _observed_column_norms2(dictionary, mask):
+  """sum_d m_nd W_dh^2: `[H]` without a mask, `[..., H]` with one."""
+  squares = tf.square(dictionary)
+  if mask is None:
+    return tf.reduce_sum(squares, axis=0)
+  return tf.einsum('...d,dh->...h', mask, squares)
+
+
 def _softplus(floor, dtype):
   return tfb.Softplus(low=tf.constant(floor, dtype))
 
@@ -84,8 +92,12 @@ class GaussianPosterior(abc.ABC):
     """log det T: `[...]`."""
 
   @abc.abstractmethod
-  def trace_term(self, dictionary):
-    """tr(W T W^T) for `dictionary` W `[D, H]`: `[...]`."""
+  def trace_term(self, dictionary, mask=None):
+    """tr(M W T W^T) for `dictionary` W `[D, H]`: `[...]`.
+
+    `mask`: optional `[..., D]` float of 0/1 (1 = observed), M = diag(mask_n);
+    default all observed, tr(W T W^T).
+    """
 
   @abc.abstractmethod
   def covariance(self):
@@ -143,9 +155,9 @@ class DiagonalGaussian(GaussianPosterior):
   def log_det_covariance(self):
     return 2.0 * tf.reduce_sum(tf.math.log(self.scale), axis=-1)
 
-  def trace_term(self, dictionary):
-    column_norms2 = tf.reduce_sum(tf.square(dictionary), axis=0)
-    return tf.linalg.matvec(tf.square(self.scale), column_norms2)
+  def trace_term(self, dictionary, mask=None):
+    return tf.reduce_sum(
+        tf.square(self.scale) * _observed_column_norms2(dictionary, mask), -1)
 
   def covariance(self):
     return tf.linalg.diag(tf.square(self.scale))
@@ -206,7 +218,11 @@ class FullGaussian(GaussianPosterior):
     return 2.0 * tf.reduce_sum(
         tf.math.log(tf.linalg.diag_part(self.scale_tril)), axis=-1)
 
-  def trace_term(self, dictionary):
+  def trace_term(self, dictionary, mask=None):
+    if mask is not None:
+      # sum_d m_d ||(W L)_d||^2: O(D H^2) per point.
+      wl = tf.einsum('dh,...hk->...dk', dictionary, self.scale_tril)
+      return tf.reduce_sum(mask * tf.reduce_sum(tf.square(wl), -1), -1)
     # tr(W L L^T W^T) = tr(L^T G L), G = W^T W: O(H^3) per point, not O(D H^2).
     gram = tf.matmul(dictionary, dictionary, transpose_a=True)
     return tf.reduce_sum(
@@ -280,11 +296,14 @@ class LowRankGaussian(GaussianPosterior):
             + 2.0 * tf.reduce_sum(
                 tf.math.log(tf.linalg.diag_part(chol)), axis=-1))
 
-  def trace_term(self, dictionary):
-    column_norms2 = tf.reduce_sum(tf.square(dictionary), axis=0)
-    wu = tf.einsum('dh,...hr->...dr', dictionary, self.factor)
-    return (tf.linalg.matvec(tf.square(self.scale), column_norms2)
-            + tf.reduce_sum(tf.square(wu), axis=[-2, -1]))
+  def trace_term(self, dictionary, mask=None):
+    wu2 = tf.reduce_sum(
+        tf.square(tf.einsum('dh,...hr->...dr', dictionary, self.factor)), -1)
+    if mask is not None:
+      wu2 = mask * wu2
+    return (tf.reduce_sum(tf.square(self.scale)
+                          * _observed_column_norms2(dictionary, mask), -1)
+            + tf.reduce_sum(wu2, -1))
 
   def covariance(self):
     return (tf.linalg.diag(tf.square(self.scale))
