@@ -56,6 +56,7 @@ __all__ = [
   'EntropyElbo',
   'add_statistics',
   'classical_elbo',
+  'classical_elbo_from_statistics',
   'elbo_statistics',
   'entropy_elbo',
   'entropy_elbo_from_statistics',
@@ -331,3 +332,59 @@ def entropy_elbo(x, dictionary, posterior, a_q=1.0, a_prior=1.0, a_lik=1.0,
     num_observed = _num_observed(x, _check_mask(mask, x))
   return entropy_elbo_from_statistics(statistics, num_observed, a_q,
                                       a_prior, a_lik)
+
+
+def classical_elbo_from_statistics(statistics, num_observed, scales,
+                                   noise_variance, a_q=1.0, a_prior=1.0,
+                                   a_lik=1.0):
+  """L(lambda, sigma^2) and its terms from `ElboStatistics` (SPEC 4).
+
+  The classical ELBO beside F's `entropy_elbo_from_statistics`, from the same
+  sums over N points:
+
+    L = (1/N) sum_n H[q_n] - CE_prior - CE_lik,
+    CE_prior = sum_h [log(2 lambda_h) + (1/N) sum_n A(nu_nh, sqrt(T_n,hh))
+                      / lambda_h]
+    CE_lik   = (D/2) log(2 pi sigma^2)
+               + (1/N) sum_n E_q||x_n - W z||^2 / (2 sigma^2),
+
+  the cross-entropies that become H[p(z | lambda*)] and H[p(x | z,
+  sigma^2*)] at lambda*, sigma^2*, where L = F. The statistics may carry
+  leading batch dimensions (e.g. count 1 for per-point values L_n).
+
+  Args:
+    statistics: `ElboStatistics` (fields `[...]`, expected_magnitude
+      `[..., H]`).
+    num_observed: D.
+    scales: positive lambda, broadcastable to `[..., H]`.
+    noise_variance: positive sigma^2, broadcastable to `[...]`.
+    a_q, a_prior, a_lik: annealing coefficients of the objective L_a =
+      a_q H[q] - a_prior CE_prior - a_lik CE_lik.
+
+  Returns:
+    `EntropyElbo` whose 'prior_entropy' and 'likelihood_entropy' hold
+    CE_prior and CE_lik, 'scales' and 'noise_variance' the given lambda and
+    sigma^2, 'elbo' L and 'objective' L_a.
+  """
+  dtype = statistics.reconstruction.dtype
+  # dtype_hint first: tf.cast of a Python float would round it to float32.
+  count, num_observed, scales, noise_variance = (
+      tf.cast(tf.convert_to_tensor(v, dtype_hint=dtype), dtype)
+      for v in (statistics.count, num_observed, scales, noise_variance))
+  q_entropy = statistics.q_entropy / count
+  prior_cross_entropy = tf.reduce_sum(
+      tf.math.log(2.0 * scales)
+      + statistics.expected_magnitude / (tf.expand_dims(count, -1) * scales),
+      -1)
+  likelihood_cross_entropy = (
+      0.5 * num_observed * tf.math.log(2.0 * math.pi * noise_variance)
+      + statistics.reconstruction / (2.0 * count * noise_variance))
+  elbo = q_entropy - prior_cross_entropy - likelihood_cross_entropy
+  a_q, a_prior, a_lik = (tf.cast(tf.convert_to_tensor(a, dtype_hint=dtype),
+                                  dtype) for a in (a_q, a_prior, a_lik))
+  objective = (a_q * q_entropy - a_prior * prior_cross_entropy
+               - a_lik * likelihood_cross_entropy)
+  return EntropyElbo(elbo=elbo, objective=objective, q_entropy=q_entropy,
+                     prior_entropy=prior_cross_entropy,
+                     likelihood_entropy=likelihood_cross_entropy,
+                     noise_variance=noise_variance, scales=scales)
