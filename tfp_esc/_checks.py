@@ -1,9 +1,26 @@
-"""Input validation shared by the public entry points.
+"""Input validation shared by the public entry points: the one set of rules.
 
-Every check raises before any work is done, with a message that names the
-argument and says what was wrong. Shape checks use static shapes and so also
-run while a `tf.function` is traced; value checks (finite, positive) need
-concrete values and run only in eager mode or on NumPy input.
+Every check raises before any work is done (before any `tf.function` is
+traced), with a message that names the argument and says what was wrong.
+Shape checks use static shapes and so also run while a `tf.function` is
+traced; value checks (finite, positive) need concrete values and run only in
+eager mode or on NumPy input.
+
+The rules, the same for every entry point:
+
+  * counts (`check_count`: epochs, batch sizes, iterations, numbers of
+    latents or samples) are Python or NumPy integers; `bool` and floats
+    (also 2.0) are a TypeError, values below the minimum a ValueError;
+  * real parameters (`check_real`: step sizes, tolerances, noise levels) are
+    Python or NumPy real numbers, not `bool`; NaN, inf and values outside the
+    stated interval are a ValueError;
+  * flags (`check_flag`) are `bool` (or NumPy bool); anything else is a
+    TypeError;
+  * names (`check_choice`: posterior families, engines, objectives) are
+    strings from a fixed list; another type is a TypeError, another string a
+    ValueError that lists the valid names;
+  * data (`check_data`) is a numeric `[N, D]` array with N, D >= 1 and no
+    NaN or inf; bool, complex, object or string arrays are a TypeError.
 """
 
 import numpy as np
@@ -11,9 +28,14 @@ import tensorflow as tf
 
 __all__ = [
     'as_float_tensor',
+    'check_choice',
+    'check_count',
+    'check_data',
     'check_finite',
+    'check_flag',
     'check_positive',
     'check_rank',
+    'check_real',
     'float_dtype',
     'stateless_seed',
 ]
@@ -111,3 +133,121 @@ def stateless_seed(seed):
   if isinstance(seed, (int, np.integer)):
     return tf.constant([int(seed) % 2**31, 0], tf.int32)
   return tf.convert_to_tensor(seed)
+
+
+def check_count(value, name, minimum=1, maximum=None):
+  """Returns `value` as an int after checking it is a count (module doc).
+
+  Args:
+    value: a Python or NumPy integer (not bool).
+    name: argument name used in error messages.
+    minimum: smallest accepted value.
+    maximum: largest accepted value, or None.
+
+  Returns:
+    int.
+
+  Raises:
+    TypeError: `value` is not an integer (bool and 2.0 included).
+    ValueError: `value` is outside [minimum, maximum].
+  """
+  if (isinstance(value, (bool, np.bool_))
+      or not isinstance(value, (int, np.integer))):
+    raise TypeError(f'{name} must be an integer, got {value!r} '
+                    f'({type(value).__name__}).')
+  value = int(value)
+  if value < minimum or (maximum is not None and value > maximum):
+    bound = (f'>= {minimum}' if maximum is None
+             else f'in [{minimum}, {maximum}]')
+    raise ValueError(f'{name} must be an integer {bound}, got {value}.')
+  return value
+
+
+def check_real(value, name, low=None, high=None, low_open=True,
+               high_open=False):
+  """Returns `value` as a float after checking it is a finite real number.
+
+  Args:
+    value: a Python or NumPy real number (not bool).
+    name: argument name used in error messages.
+    low, high: bounds of the accepted interval (None: unbounded).
+    low_open, high_open: exclude the bound itself.
+
+  Returns:
+    float.
+
+  Raises:
+    TypeError: `value` is not a real number (bool included).
+    ValueError: NaN, inf or outside the interval.
+  """
+  if (isinstance(value, (bool, np.bool_))
+      or not isinstance(value, (int, float, np.integer, np.floating))):
+    raise TypeError(f'{name} must be a real number, got {value!r} '
+                    f'({type(value).__name__}).')
+  value = float(value)
+  below = low is not None and (value < low or (low_open and value == low))
+  above = high is not None and (value > high or (high_open and value == high))
+  if not np.isfinite(value) or below or above:
+    interval = ('(' if low_open else '[') + (
+        '-inf' if low is None else f'{low:g}') + ', ' + (
+            'inf' if high is None else f'{high:g}') + (
+                ')' if high_open or high is None else ']')
+    raise ValueError(f'{name} must be a finite number in {interval}, got '
+                     f'{value!r}.')
+  return value
+
+
+def check_choice(value, name, choices):
+  """Returns `value` after checking it is one of the strings `choices`.
+
+  Raises:
+    TypeError: `value` is not a string.
+    ValueError: `value` is not in `choices` (the message lists them).
+  """
+  if not isinstance(value, str):
+    raise TypeError(f'{name} must be one of {list(choices)}, got {value!r} '
+                    f'({type(value).__name__}).')
+  if value not in choices:
+    raise ValueError(f'{name} must be one of {list(choices)}, got {value!r}.')
+  return value
+
+
+def check_data(x, name='x'):
+  """Data as a NumPy `[N, D]` float32/float64 array, checked (module doc).
+
+  Integer data becomes float32; NumPy float32/float64 and TF float tensors
+  keep their dtype. Kept in NumPy: a TF copy of a paper-size data set would
+  add hundreds of MB to the peak memory.
+
+  Raises:
+    TypeError: a non-numeric, bool or complex dtype.
+    ValueError: not rank 2, no rows or no columns, NaN/inf values.
+  """
+  if tf.is_tensor(x) or isinstance(x, tf.Variable):
+    x = x.numpy() if hasattr(x, 'numpy') else x
+  try:
+    array = np.asarray(x)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f'{name} must be a numeric [N, D] array, got '
+                    f'{type(x).__name__} ({e}).') from None
+  if array.dtype.kind not in 'fiu':
+    raise TypeError(f'{name} must be a real float or integer array, got '
+                    f'dtype {array.dtype}.')
+  if array.ndim != 2:
+    raise ValueError(f'{name} must have rank 2 ([N, D]), got shape '
+                     f'{array.shape}.')
+  if array.shape[0] == 0 or array.shape[1] == 0:
+    raise ValueError(f'{name} is empty: shape {array.shape}; it needs at '
+                     'least one row and one column.')
+  if array.dtype not in (np.float32, np.float64):
+    array = array.astype(np.float32)
+  check_finite(array, name)
+  return array
+
+
+def check_flag(value, name):
+  """Returns `value` as a bool; raises TypeError unless it is a bool."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f'{name} must be True or False, got {value!r} '
+                    f'({type(value).__name__}).')
+  return bool(value)

@@ -1,12 +1,41 @@
-"""What the trainers share: checked data, the record of an ELBO's terms."""
+"""What the trainers share: checked data, its scale, the record of an ELBO.
+
+Data scale. The model is equivariant under scaling the data: for c > 0, the
+data c x are explained by the same dictionary W with codes c z, scales
+c lambda and noise variance c^2 sigma^2, and every ELBO moves by the
+Jacobian, F(c x) = F(x) - D log c. The optimisers are not: posterior-scale
+floors, initial scales, step sizes and the L-BFGS geometry are absolute
+numbers. So every entry point (`fit_joint`, both `fit_em` engines,
+`fit_amortized`, the evaluations) divides its data by one number,
+`data_scale(x)`, the root mean square of x rounded to a power of two, works
+on x / s, and maps what it reports back to x's units with `to_data_units`
+and `scale_posterior`: the dictionary unchanged, means, standard deviations
+and scales times s, noise variances times s^2, ELBOs minus D log s.
+A power of two makes the division exact in floating point, so training on
+2^k x repeats training on x bit for bit (below the float's range limits),
+and any other c changes the inputs by one rounding only.
+(Relative floors alone would not do: the joint L-BFGS mixes scale-free
+dictionary parameters with means in data units, and an encoder network sees
+raw inputs; neither is equivariant without normalising the data.)
+"""
+
+import math
 
 import numpy as np
 
 from tfp_esc import _checks
+from tfp_esc.objective.annealing import (SCHEDULE_NAMES, NoAnnealing,
+                                         get_schedule)
+from tfp_esc.posterior.gaussian import (DiagonalGaussian, FullGaussian,
+                                        LowRankGaussian)
 
-__all__ = ['TERMS', 'as_data', 'batches', 'elbo_record']
+__all__ = ['TERMS', 'as_data', 'batches', 'check_schedule', 'data_scale',
+           'elbo_record', 'scale_posterior', 'to_data_units']
 
 TERMS = ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')
+
+# Rows of x summed at once when computing its root mean square in float64.
+_CHUNK = 65536
 
 
 def elbo_record(terms, where):
@@ -28,26 +57,132 @@ def elbo_record(terms, where):
   if not all(np.isfinite(list(values.values()))):
     raise FloatingPointError(f'non-finite ELBO terms after {where}: {values}')
   values['sigma2'] = float(terms.noise_variance)
-  values['scales'] = terms.scales.numpy().tolist()
+  values['scales'] = np.asarray(terms.scales).tolist()
   return values
 
 
-def as_data(x):
+def as_data(x, name='x'):
   """Training data as a NumPy `[N, D]` float32/float64 array, checked.
 
-  Kept in NumPy: a TF copy of a paper-size data set would add 210 MB to the
-  peak memory. Integer input becomes float32.
+  See `tfp_esc._checks.check_data` (integer input becomes float32).
 
   Raises:
-    ValueError: not rank 2, or NaN/inf values.
+    TypeError: a non-numeric, bool or complex dtype.
+    ValueError: not rank 2, empty, or NaN/inf values.
   """
-  x = np.asarray(x)
-  if x.dtype not in (np.float32, np.float64):
-    x = x.astype(np.float32)
-  if x.ndim != 2:
-    raise ValueError(f'x must have rank 2, got shape {x.shape}.')
-  _checks.check_finite(x, 'x')
-  return x
+  return _checks.check_data(x, name)
+
+
+def data_scale(x, name='x'):
+  """The number s every trainer divides x by (module doc).
+
+  Args:
+    x: `[N, D]` finite float NumPy array (as from `as_data`).
+    name: argument name used in error messages.
+
+  Returns:
+    float, a power of two within a factor sqrt(2) of the root mean square of
+    x.
+
+  Raises:
+    ValueError: every row of x is the same (all zeros, constant data, or a
+      single row): such data lie exactly on the model's subspaces, sigma^2*
+      can go to 0 and the ELBO F grows without bound, so there is nothing to
+      learn or to score.
+  """
+  if np.all(x == x[:1]):
+    kind = ('all zeros' if not np.any(x) else
+            'a single row' if len(x) == 1 else 'constant: every row the same')
+    raise ValueError(f'{name} has no variation ({kind}, shape {x.shape}): '
+                     'the ELBO is unbounded above for such data (sigma^2* '
+                     '-> 0); give data whose rows differ.')
+  total = sum(float(np.sum(np.square(x[i:i + _CHUNK], dtype=np.float64)))
+              for i in range(0, len(x), _CHUNK))
+  rms = math.sqrt(total / x.size)
+  return rms
+
+
+# How each reported value moves, per unit of log s, between x / s and x:
+# entropies by the Jacobians (H for the codes, D for the data).
+def _log_shift(key, values, num_observed, num_latents):
+  if key == 'elbo':
+    return -num_observed
+  if key in ('q_entropy', 'prior_entropy'):
+    return num_latents
+  if key == 'likelihood_entropy':
+    return num_observed
+  if key in ('objective', 'batch_objective'):
+    # F_a = a_q H[q] - a_prior H[prior] - a_lik H[lik] (or the
+    # cross-entropies, which move alike).
+    a_q, a_prior, a_lik = (np.asarray(values.get(k, 1.0), np.float64)
+                           for k in ('a_q', 'a_prior', 'a_lik'))
+    return (a_q - a_prior) * num_latents - a_lik * num_observed
+  return None
+
+
+_POWERS = {'scales': 1, 'noise_variance': 2, 'sigma2': 2, 'learned_sigma2': 2}
+
+
+def to_data_units(values, scale, num_observed, num_latents):
+  """ELBO terms computed on x / s, as those of x (module doc).
+
+  Args:
+    values: dict (e.g. a history record, a trace of arrays, or
+      `EntropyElbo._asdict()`); the keys 'elbo', 'objective',
+      'batch_objective', 'q_entropy', 'prior_entropy', 'likelihood_entropy'
+      (ELBO values and entropies or cross-entropies), 'scales',
+      'noise_variance', 'sigma2' and 'learned_sigma2' are mapped (an annealed
+      objective with the record's 'a_q', 'a_prior', 'a_lik', default 1);
+      other keys are kept.
+    scale: s (a float).
+    num_observed: D.
+    num_latents: H.
+
+  Returns:
+    A new dict of the same kinds of values (floats, lists, arrays or
+    tensors).
+  """
+  log_scale = math.log(scale)
+  out = {}
+  for key, value in values.items():
+    shift = _log_shift(key, values, num_observed, num_latents)
+    power = _POWERS.get(key)
+    if shift is not None:
+      factor = None
+      offset = shift * log_scale
+    elif power is not None:
+      factor, offset = scale ** power, None
+    else:
+      out[key] = value
+      continue
+    if np.ndim(offset) == 0 and offset is not None:
+      offset = float(offset)  # a Python float adds to tensors of any dtype
+    if isinstance(value, list):
+      array = np.asarray(value, np.float64)
+      out[key] = (array * factor if factor else array + offset).tolist()
+    elif isinstance(value, (float, int, np.floating)):
+      out[key] = float(value * factor if factor else value + offset)
+    else:
+      out[key] = value * factor if factor else value + offset
+  return out
+
+
+def scale_posterior(posterior, scale):
+  """The posterior of s z for z ~ `posterior` (a `GaussianPosterior`).
+
+  Means, standard deviations, Cholesky and low-rank factors times s.
+  """
+  if scale == 1.0:
+    return posterior
+  if isinstance(posterior, DiagonalGaussian):
+    return DiagonalGaussian(posterior.loc * scale, posterior.scale * scale)
+  if isinstance(posterior, FullGaussian):
+    return FullGaussian(posterior.loc * scale, posterior.scale_tril * scale)
+  if isinstance(posterior, LowRankGaussian):
+    return LowRankGaussian(posterior.loc * scale, posterior.scale * scale,
+                           posterior.factor * scale)
+  raise TypeError(f'posterior must be a GaussianPosterior, got '
+                  f'{type(posterior).__name__}.')
 
 
 def batches(num_points, batch_size, seed, epoch, drop_remainder=False):
@@ -63,3 +198,36 @@ def batches(num_points, batch_size, seed, epoch, drop_remainder=False):
   order = np.random.default_rng([seed, epoch]).permutation(num_points)
   stop = num_points - (num_points % batch_size if drop_remainder else 0)
   return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def check_schedule(schedule, name='schedule'):
+  """An annealing schedule from `schedule`: None, a name or a schedule.
+
+  Args:
+    schedule: None (no annealing), one of `SCHEDULE_NAMES` (built by
+      `get_schedule` with its default arguments) or an `AnnealingSchedule`
+      (anything with `__call__(step)` and `is_annealed(step)`).
+    name: argument name used in error messages.
+
+  Returns:
+    An `AnnealingSchedule`.
+
+  Raises:
+    TypeError: not None, a string or a schedule.
+    ValueError: an unknown name, or a schedule that needs arguments.
+  """
+  if schedule is None:
+    return NoAnnealing()
+  if isinstance(schedule, str):
+    if schedule.lower() not in SCHEDULE_NAMES:
+      raise ValueError(f'{name} must be an AnnealingSchedule, None or one of '
+                       f'{list(SCHEDULE_NAMES)}, got {schedule!r}.')
+    try:
+      return get_schedule(schedule)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f'{name}={schedule!r} needs arguments: pass '
+                       f'get_schedule({schedule!r}, ...) ({e})') from None
+  if callable(schedule) and callable(getattr(schedule, 'is_annealed', None)):
+    return schedule
+  raise TypeError(f'{name} must be an AnnealingSchedule, None or one of '
+                  f'{list(SCHEDULE_NAMES)}, got {type(schedule).__name__}.')
