@@ -15,13 +15,15 @@ embedded scikit-image photographs unless --images names other images).
 
 import os
 
+import _cli  # pylint: disable=unused-import  (first: quiets TensorFlow)
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from tfp_esc import artifacts
 from tfp_esc.data.bars import make_bars
 from tfp_esc.data.patches import whitened_patches
 from tfp_esc.evaluation import plots
+from tfp_esc.experiment import POSTERIORS
 from tfp_esc.inference.elbo_comparison import compare_elbos
 
 # Per-data defaults of the flags that default to None.
@@ -32,7 +34,7 @@ _DEFAULTS = {'bars': {'num_points': 1000, 'num_latents': 10,
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('data', 'bars', ['bars', 'patches'], 'Data set.')
-flags.DEFINE_enum('posterior', 'diagonal', ['diagonal', 'lowrank'],
+flags.DEFINE_enum('posterior', 'diagonal', list(POSTERIORS),
                   'Posterior family of the encoder.')
 flags.DEFINE_integer('rank', 5, 'Rank R of the low-rank family.')
 flags.DEFINE_list('samples', ['1', '10', '100'],
@@ -61,10 +63,10 @@ def _samples(values):
   try:
     samples = [int(v) for v in values]
   except ValueError:
-    raise app.UsageError(f'--samples must be comma-separated integers, got '
-                         f'{",".join(values)!r}.') from None
+    raise ValueError(f'--samples must be comma-separated integers, got '
+                     f'{",".join(values)!r}.') from None
   if not samples or min(samples) < 1:
-    raise app.UsageError(f'--samples must be integers >= 1, got {samples}.')
+    raise ValueError(f'--samples must be integers >= 1, got {samples}.')
   return samples
 
 
@@ -74,8 +76,7 @@ def _option(name):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # Checked by _cli.run.
   samples = _samples(FLAGS.samples)
   num_points = _option('num_points')
   if FLAGS.data == 'bars':
@@ -84,7 +85,7 @@ def main(argv):
     x = whitened_patches(FLAGS.images, num_patches=num_points,
                          seed=FLAGS.seed, dtype=np.float32)
   result = compare_elbos(
-      x, _option('num_latents'), family=FLAGS.posterior, rank=FLAGS.rank,
+      x, _option('num_latents'), posterior=FLAGS.posterior, rank=FLAGS.rank,
       num_samples=samples, seconds=FLAGS.seconds,
       num_checkpoints=FLAGS.num_checkpoints,
       batch_size=_option('batch_size'), learning_rate=FLAGS.learning_rate,
@@ -109,4 +110,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _cli.run(main)

@@ -23,22 +23,31 @@ tfp_esc.evaluation.evaluate.evaluate_heldout).
 import json
 import os
 
+import _cli  # pylint: disable=unused-import  (first: quiets TensorFlow)
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from tfp_esc import artifacts
 from tfp_esc.evaluation.evaluate import evaluate_dictionary, evaluate_heldout
+from tfp_esc.experiment import POSTERIORS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data', None, '.npy of shape [N, D].', required=True)
 flags.DEFINE_string('dictionary', None, '.npy of shape [D, H].', required=True)
 flags.DEFINE_string('model', None, 'Optional JSON with the trained "scales" '
                     'and "sigma2": held-out evaluation with them frozen.')
-flags.DEFINE_enum('posterior', 'diagonal', ['diagonal', 'full', 'lowrank'],
+flags.DEFINE_enum('posterior', 'diagonal', list(POSTERIORS),
                   'Posterior family.')
 flags.DEFINE_integer('rank', 2, 'Rank of the low-rank family.')
 flags.DEFINE_integer('num_iw_samples', 100,
                      'Samples of the importance-weighted bound (0: skip).')
+flags.DEFINE_integer('gini_samples', 10,
+                     'Posterior samples per point for the Gini index.')
+flags.DEFINE_integer('max_calls', 20, 'Most L-BFGS calls of the fit.')
+flags.DEFINE_integer('max_iterations', 200, 'L-BFGS iterations per call.')
+flags.DEFINE_bool('jit_compile', False, 'Compile the fit with XLA: faster '
+                  'iterations, but compiling takes longer than a small '
+                  'evaluation runs.')
 flags.DEFINE_integer('seed', 0, 'Seed.')
 flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
@@ -46,31 +55,53 @@ flags.DEFINE_string('output', None, 'Optional JSON output path.')
 def _load(path, name):
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--{name} file {path!r} does not exist.')
-  return np.load(path, allow_pickle=False)
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise ValueError(f'--{name} file {path!r} is not a readable .npy array '
+                     f'({e}).') from None
 
 
 def _load_model(path):
   """(scales, sigma2) from a JSON file holding both keys."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--model file {path!r} does not exist.')
-  with open(path) as f:
-    model = json.load(f)
+  try:
+    with open(path) as f:
+      model = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'--model file {path!r} is not readable JSON ({e}).'
+                     ) from None
   missing = [k for k in ('scales', 'sigma2')
              if not isinstance(model, dict) or model.get(k) is None]
   if missing:
     raise ValueError(f'--model file {path!r} lacks {missing}; it needs the '
                      'trained "scales" ([H] list) and "sigma2" (a number).')
-  return np.asarray(model['scales'], np.float64), float(model['sigma2'])
+  try:
+    return np.asarray(model['scales'], np.float64), float(model['sigma2'])
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'--model file {path!r}: "scales" must be a list of '
+                     f'numbers and "sigma2" a number ({e}).') from None
+
+
+def _check_output(path):
+  """Refuses an --output that cannot be written, before any work."""
+  if path and os.path.isdir(path):
+    raise IsADirectoryError(f'--output {path!r} is a directory; name a JSON '
+                            'file.')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # Checked by _cli.run.
+  _check_output(FLAGS.output)
   x = _load(FLAGS.data, 'data')
   dictionary = _load(FLAGS.dictionary, 'dictionary')
   options = {'posterior': FLAGS.posterior, 'rank': FLAGS.rank,
              'num_iw_samples': FLAGS.num_iw_samples, 'seed': FLAGS.seed,
-             'log_every': 1}
+             'gini_samples': FLAGS.gini_samples,
+             'max_calls': FLAGS.max_calls,
+             'max_iterations': FLAGS.max_iterations,
+             'jit_compile': FLAGS.jit_compile, 'log_every': 1}
   if FLAGS.model:
     result = evaluate_heldout(x, dictionary, *_load_model(FLAGS.model),
                               **options)
@@ -82,4 +113,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _cli.run(main)

@@ -1,7 +1,10 @@
 """Atomic writes of run outputs: an interrupted run never leaves a torn file.
 
 Each writer writes to a temporary file in the destination folder and then
-renames it over the destination (`os.replace`, atomic on POSIX).
+renames it over the destination (`os.replace`, atomic on POSIX). Files get
+the mode of any newly created file (0666 less the umask, usually 0644), not
+the 0600 of a private temporary file, so arrays, JSON, checkpoints and
+figures alike are readable by whoever may read the folder.
 """
 
 import contextlib
@@ -11,7 +14,7 @@ import tempfile
 
 import numpy as np
 
-__all__ = ['atomic_path', 'save_json', 'save_npy']
+__all__ = ['atomic_path', 'jsonable', 'save_json', 'save_npy']
 
 
 @contextlib.contextmanager
@@ -23,6 +26,7 @@ def atomic_path(path):
   suffix = os.path.splitext(path)[1]
   handle, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=suffix)
   os.close(handle)
+  os.chmod(tmp, 0o666 & ~_umask())
   try:
     yield tmp
     os.replace(tmp, path)
@@ -31,13 +35,21 @@ def atomic_path(path):
       os.remove(tmp)
 
 
-def _jsonable(value):
+def _umask():
+  """The process's umask (read by setting it and setting it back)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def jsonable(value):
+  """`value` with NumPy values as Python ones and NaN/inf as None."""
   if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
+    return {str(k): jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
+    return [jsonable(v) for v in value]
   if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
+    return jsonable(value.tolist())
   if isinstance(value, (np.floating, float)):
     value = float(value)
     return value if np.isfinite(value) else None
@@ -51,7 +63,7 @@ def _jsonable(value):
 def save_json(path, obj):
   """Writes `obj` (dicts, lists, NumPy values; NaN -> null) as JSON atomically."""
   with atomic_path(path) as tmp, open(tmp, 'w') as f:
-    json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+    json.dump(jsonable(obj), f, indent=2, sort_keys=True)
     f.write('\n')
 
 

@@ -15,6 +15,7 @@ to `workdir`. For bars:
 import dataclasses
 import os
 import time
+import typing
 
 import numpy as np
 from absl import logging
@@ -23,13 +24,79 @@ from tfp_esc import artifacts
 from tfp_esc.data.bars import make_bars
 from tfp_esc.data.patches import whitened_patches
 from tfp_esc.evaluation import metrics, plots
+from tfp_esc.inference import _checkpoint
 from tfp_esc.inference.amortized import fit_amortized
-from tfp_esc.inference.em import fit_em
+from tfp_esc.inference.em import E_STEPS, ENGINES, fit_em
 from tfp_esc.inference.joint import fit_joint
-from tfp_esc.objective.annealing import get_schedule
+from tfp_esc.objective.annealing import SCHEDULE_NAMES, get_schedule
+from tfp_esc.posterior.gaussian import FAMILIES
 
-__all__ = ['BarsConfig', 'PatchesConfig', 'load_bars_data', 'train_bars',
-           'train_patches']
+__all__ = ['DTYPES', 'METHODS', 'POSTERIORS', 'BarsConfig', 'ConfigError',
+           'PatchesConfig', 'load_bars_data', 'train_bars', 'train_patches']
+
+# The choices of the configs' enumerated fields: the library's own lists.
+POSTERIORS = tuple(sorted(FAMILIES))
+METHODS = ('em', 'amortized')
+DTYPES = ('float32', 'float64')
+
+# Fields of PatchesConfig that say how far to train, not which run it is: a
+# resumed run may raise them (the checkpoint records everything else).
+_EXTENT_FIELDS = ('epochs', 'refine_rounds')
+
+
+class ConfigError(ValueError):
+  """A configuration field holds a bad value; `field` names it."""
+
+  def __init__(self, field, problem):
+    super().__init__(f'{field} {problem}')
+    self.field = field
+    self.problem = problem
+
+
+def _field(default, *, choices=None, minimum=None, positive=False):
+  """A config field with the rules `_validate` checks (and flags offer).
+
+  Args:
+    default: the default value.
+    choices: the allowed values (a library list), or None.
+    minimum: the smallest allowed integer, or None.
+    positive: a float that must be finite and > 0.
+  """
+  return dataclasses.field(default=default, metadata={
+      'choices': choices, 'minimum': minimum, 'positive': positive})
+
+
+def _validate(config):
+  """Checks every field of a config dataclass against its metadata.
+
+  Raises:
+    ConfigError: the first field with a bad type or value, named.
+  """
+  hints = typing.get_type_hints(type(config))
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+    if value is None:
+      if type(None) not in kinds:
+        raise ConfigError(f.name, 'must be set, got None.')
+      continue
+    kind = next(k for k in kinds if k is not type(None))
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, int) and not isinstance(value, bool)
+          if kind is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool)
+          if kind is float else isinstance(value, kind))
+    if not ok:
+      raise ConfigError(f.name, f'must be {kind.__name__}, got {value!r}.')
+    rules = f.metadata
+    if rules.get('choices') and value not in rules['choices']:
+      raise ConfigError(f.name, f'must be one of {", ".join(rules["choices"])}'
+                        f', got {value!r}.')
+    if rules.get('minimum') is not None and value < rules['minimum']:
+      raise ConfigError(f.name, f'must be an integer >= {rules["minimum"]}, '
+                        f'got {value!r}.')
+    if rules.get('positive') and not 0 < value < float('inf'):
+      raise ConfigError(f.name, f'must be positive and finite, got {value!r}.')
 
 
 @dataclasses.dataclass
@@ -53,25 +120,34 @@ class BarsConfig:
     tolerance: relative ELBO change per call that counts as converged.
     init_scale: initial posterior standard deviation.
     dtype: 'float64' or 'float32'.
-    jit_compile: compile L-BFGS calls with XLA.
+    jit_compile: compile L-BFGS calls with XLA (faster long runs; slower to
+      start).
     gini_samples: posterior samples per point for the Gini index.
   """
-  seed: int = 0
-  num_points: int = 1000
-  side: int = 5
-  noise_std: float = 0.1
+  seed: int = _field(0, minimum=0)
+  num_points: int = _field(1000, minimum=1)
+  side: int = _field(5, minimum=2)
+  noise_std: float = _field(0.1)
   data_path: str | None = None
-  posterior: str = 'full'
-  rank: int = 2
-  annealing: str = 'none'
-  max_calls: int = 100
-  max_iterations: int = 200
-  num_correction_pairs: int = 10
-  tolerance: float = 1e-6
-  init_scale: float = 0.1
-  dtype: str = 'float64'
+  posterior: str = _field('full', choices=POSTERIORS)
+  rank: int = _field(2, minimum=1)
+  annealing: str = _field('none', choices=SCHEDULE_NAMES)
+  max_calls: int = _field(100, minimum=1)
+  max_iterations: int = _field(200, minimum=1)
+  num_correction_pairs: int = _field(10, minimum=1)
+  tolerance: float = _field(1e-6)
+  init_scale: float = _field(0.1, positive=True)
+  dtype: str = _field('float64', choices=DTYPES)
   jit_compile: bool = True
-  gini_samples: int = 10
+  gini_samples: int = _field(10, minimum=1)
+
+  def validate(self):
+    """Checks every field; raises `ConfigError` naming the first bad one."""
+    _validate(self)
+    if self.noise_std < 0:
+      raise ConfigError('noise_std', f'must be >= 0, got {self.noise_std}.')
+    if self.tolerance < 0:
+      raise ConfigError('tolerance', f'must be >= 0, got {self.tolerance}.')
 
   def fit_options(self):
     """Keyword arguments of `fit_joint` that this configuration sets."""
@@ -116,7 +192,12 @@ def train_bars(config, workdir):
 
   Returns:
     The metrics dict also written to workdir/metrics.json.
+
+  Raises:
+    ConfigError: a bad setting (named), before any work.
+    FileNotFoundError, ValueError: the data file's errors.
   """
+  config.validate()
   schedule = get_schedule(config.annealing)
   truth = None
   if config.data_path:
@@ -221,31 +302,66 @@ class PatchesConfig:
       (incremental 8 per revisit; paper 10 Newton or 100 L-BFGS).
     m_step_size: engine 'paper': gradient step on the dictionary.
     learning_rate: Adam learning rate (amortized).
+    hidden_units: width of the encoder's layers (amortized).
+    num_blocks: residual blocks of the encoder (amortized).
     dtype: 'float32' or 'float64'.
     gini_samples: posterior samples per point for the Gini index.
     gini_points: at most this many points enter the Gini index.
   """
-  method: str = 'em'
-  engine: str = 'incremental'
-  refine_rounds: int = 3
-  posterior: str = 'diagonal'
-  rank: int = 5
-  annealing: str = 'prior'
-  num_patches: int | None = None
-  num_latents: int = 100
-  patch_size: int = 16
-  epochs: int = 10
-  batch_size: int = 512
+  method: str = _field('em', choices=METHODS)
+  engine: str = _field('incremental', choices=ENGINES)
+  refine_rounds: int = _field(3, minimum=0)
+  posterior: str = _field('diagonal', choices=POSTERIORS)
+  rank: int = _field(5, minimum=1)
+  annealing: str = _field('prior', choices=SCHEDULE_NAMES)
+  num_patches: int | None = _field(None, minimum=1)
+  num_latents: int = _field(100, minimum=1)
+  patch_size: int = _field(16, minimum=2)
+  epochs: int = _field(10, minimum=1)
+  batch_size: int = _field(512, minimum=1)
   images: str | None = None
-  seed: int = 0
+  seed: int = _field(0, minimum=0)
   warm_start: bool = False
-  e_step: str | None = None
-  e_step_iterations: int | None = None
-  m_step_size: float = 0.5
-  learning_rate: float = 1e-3
-  dtype: str = 'float32'
-  gini_samples: int = 10
-  gini_points: int = 2048
+  e_step: str | None = _field(None, choices=E_STEPS)
+  e_step_iterations: int | None = _field(None, minimum=1)
+  m_step_size: float = _field(0.5, positive=True)
+  learning_rate: float = _field(1e-3, positive=True)
+  hidden_units: int = _field(256, minimum=1)
+  num_blocks: int = _field(2, minimum=0)
+  dtype: str = _field('float32', choices=DTYPES)
+  gini_samples: int = _field(10, minimum=1)
+  gini_points: int = _field(2048, minimum=1)
+
+  def validate(self):
+    """Checks every field; raises `ConfigError` naming the first bad one.
+
+    Besides each field's own rules: options of one engine or method are
+    refused with the other, so that no setting is silently ignored.
+    """
+    _validate(self)
+    incremental = self.method == 'em' and self.engine == 'incremental'
+    if incremental and self.posterior != 'diagonal':
+      raise ConfigError('posterior', f"must be 'diagonal' with the "
+                        f"incremental EM engine, got {self.posterior!r} (use "
+                        "engine 'paper' or method 'amortized').")
+    if incremental and (self.e_step is not None or self.warm_start):
+      name = 'e_step' if self.e_step is not None else 'warm_start'
+      raise ConfigError(name, "is an option of engine 'paper', not of the "
+                        'incremental engine.')
+    if self.method == 'amortized' and (
+        self.e_step is not None or self.e_step_iterations is not None):
+      name = 'e_step' if self.e_step is not None else 'e_step_iterations'
+      raise ConfigError(name, "is an option of method 'em', not 'amortized'.")
+
+  def run_record(self):
+    """The fields that identify the run (all but how far it trains).
+
+    A checkpoint records them; a resume with other values is refused.
+    """
+    record = dataclasses.asdict(self)
+    for name in _EXTENT_FIELDS:
+      del record[name]
+    return record
 
 
 # Patches drawn from images when PatchesConfig.num_patches is None.
@@ -271,7 +387,7 @@ def _gini_subset(config, num_points):
   return np.sort(rng.choice(num_points, size, replace=False))
 
 
-def _train_patches_em(config, x, workdir, resume):
+def _train_patches_em(config, x, checkpoint, resume):
   subset = _gini_subset(config, len(x))
 
   def gini(trainer, record):
@@ -291,37 +407,49 @@ def _train_patches_em(config, x, workdir, resume):
                'warm_start': config.warm_start}
   result = fit_em(
       x, config.num_latents, engine=config.engine, epochs=config.epochs,
-      checkpoint_path=os.path.join(workdir, 'checkpoint.npz'), resume=resume,
-      on_epoch_end=gini, posterior=config.posterior,
+      checkpoint_path=checkpoint, resume=resume, overwrite=not resume,
+      checkpoint_config=config.run_record(), on_epoch_end=gini,
+      posterior=config.posterior,
       schedule=get_schedule(config.annealing), batch_size=config.batch_size,
       seed=config.seed, **options)
   return result.dictionary, result.history
 
 
-def train_patches(config, workdir, resume=False):
+def train_patches(config, workdir, resume=False, overwrite=False):
   """Trains on whitened natural-image patches and writes outputs to `workdir`.
 
   Writes dictionary.npy `[D, H]`, metrics.json (per-epoch ELBO, entropies,
   sigma^2, Gini mean and sd, seconds under 'history'; final values at top
   level under the bars script's keys), dictionary.png (ordered by lambda),
-  training.png, gini.png, and checkpoints; `resume=True` continues an
-  interrupted run to the same result as an uninterrupted one.
+  training.png, gini.png, and workdir/checkpoint.npz after every epoch.
+  The checkpoint records the run's config (`PatchesConfig.run_record`) and
+  a fingerprint of the data; `resume=True` continues an interrupted run to
+  the same result as an uninterrupted one, and refuses a checkpoint of
+  another run.
 
   Args:
     config: `PatchesConfig`.
     workdir: output folder (created).
     resume: continue from the checkpoint in `workdir`, if any.
+    overwrite: start afresh even if `workdir` holds a checkpoint (without
+      `resume` or `overwrite`, an existing checkpoint is an error).
 
   Returns:
     The metrics dict also written to workdir/metrics.json.
 
   Raises:
-    ValueError: unknown method, or the data loaders' errors.
+    ConfigError: a bad setting (named), before any work.
+    ValueError: resume and overwrite both set; a checkpoint in `workdir`
+      without either; a checkpoint of another run, fewer epochs than it has
+      done, or a corrupt one (see `tfp_esc.inference._checkpoint`); the
+      data loaders' errors.
   """
-  if config.method not in ('em', 'amortized'):
-    raise ValueError(f"method must be 'em' or 'amortized', got "
-                     f'{config.method!r}.')
-  get_schedule(config.annealing)  # Fails early on an unknown name.
+  config.validate()
+  if resume and overwrite:
+    raise ValueError('resume and overwrite exclude each other: resume '
+                     'continues the checkpoint, overwrite starts afresh.')
+  checkpoint = os.path.join(workdir, 'checkpoint.npz')
+  _checkpoint.check_start(checkpoint, resume, overwrite)
   num_patches = config.num_patches
   if num_patches is None and not _holds_ready_patches(config.images):
     num_patches = DEFAULT_NUM_PATCHES
@@ -333,9 +461,10 @@ def train_patches(config, workdir, resume=False):
                '-> %s', x.shape[0], x.shape[1], config.num_latents,
                config.method, config.posterior, config.annealing, workdir)
   if config.method == 'em':
-    dictionary, history = _train_patches_em(config, x, workdir, resume)
+    dictionary, history = _train_patches_em(config, x, checkpoint, resume)
   else:
-    dictionary, history = _train_patches_amortized(config, x, workdir, resume)
+    dictionary, history = _train_patches_amortized(config, x, workdir,
+                                                   checkpoint, resume)
   final = {k: history[k][-1] for k in history}
   summary = {
       'elbo': final['elbo'],
@@ -373,7 +502,7 @@ def train_patches(config, workdir, resume=False):
   return summary
 
 
-def _train_patches_amortized(config, x, workdir, resume):
+def _train_patches_amortized(config, x, workdir, checkpoint, resume):
   subset = _gini_subset(config, len(x))
 
   def gini(model, epoch):
@@ -383,10 +512,13 @@ def _train_patches_amortized(config, x, workdir, resume):
     return {'gini_mean': mean, 'gini_sd': sd}
 
   model, history = fit_amortized(
-      x, config.num_latents, family=config.posterior, rank=config.rank,
+      x, config.num_latents, posterior=config.posterior, rank=config.rank,
       schedule=get_schedule(config.annealing), epochs=config.epochs,
       batch_size=config.batch_size, learning_rate=config.learning_rate,
-      seed=config.seed, checkpoint_path=os.path.join(workdir, 'checkpoint.npz'),
-      resume=resume, tensorboard_dir=os.path.join(workdir, 'tensorboard'),
-      on_epoch_end=gini, verbose=2)
+      seed=config.seed, hidden_units=config.hidden_units,
+      num_blocks=config.num_blocks, checkpoint_path=checkpoint,
+      resume=resume, overwrite=not resume,
+      checkpoint_config=config.run_record(),
+      tensorboard_dir=os.path.join(workdir, 'tensorboard'),
+      on_epoch_end=gini, verbose=0)
   return model.dictionary.numpy(), history

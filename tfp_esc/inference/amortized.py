@@ -27,16 +27,16 @@ Batches come from a permutation that depends only on (seed, epoch), so a
 resumed run continues exactly as an uninterrupted one.
 """
 
-import json
-import os
 import time
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfp_esc import _checks, artifacts
+from tfp_esc import _checks
+from tfp_esc.inference import _checkpoint
 from tfp_esc.model.sparse_coding import SparseCodingModel, normalize_columns
 from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective import sampled as sampled_lib
@@ -319,9 +319,10 @@ class CheckpointCallback(keras.callbacks.Callback):
   """
 
   def __init__(self, x, path=None, history=None, on_epoch_end=None,
-               batch_size=512, seconds=0.0):
+               batch_size=512, seconds=0.0, config=None):
     super().__init__()
     self.x, self.path, self.extra = x, path, on_epoch_end
+    self.config = config
     self.batch_size = batch_size
     self.history = history if history is not None else {}
     self.seconds = seconds
@@ -345,28 +346,53 @@ class CheckpointCallback(keras.callbacks.Callback):
     logging.info('epoch %d: ELBO %.4f (full data), sigma2 %.4g, a_prior %.3g',
                  epoch, record['elbo'], record['sigma2'], record['a_prior'])
     if self.path:
-      save_state(self.path, self.model, epoch + 1, self.history, self.seconds)
+      save_state(self.path, self.model, epoch + 1, self.history, self.seconds,
+                 self.config)
 
 
-def save_state(path, model, epoch, history, seconds):
-  """Writes weights, optimizer variables and progress to `path` atomically."""
-  arrays = {f'w{i}': w for i, w in enumerate(model.get_weights())}
-  arrays.update({f'o{i}': np.asarray(v)
-                 for i, v in enumerate(model.optimizer.variables)})
-  state = json.dumps({'epoch': epoch, 'history': history, 'seconds': seconds})
-  with artifacts.atomic_path(path) as tmp, open(tmp, 'wb') as f:
-    np.savez(f, state=np.array(state), **arrays)
+def save_state(path, model, epoch, history, seconds, config=None):
+  """Writes weights, optimizer variables and progress to `path` atomically.
+
+  Weights and optimizer variables are stored in Keras' order (`w{i}`,
+  `o{i}`) with their shapes recorded; `config` identifies the run (see
+  `tfp_esc.inference._checkpoint`).
+  """
+  weights = model.get_weights()
+  slots = [np.asarray(v) for v in model.optimizer.variables]
+  arrays = {f'w{i}': w for i, w in enumerate(weights)}
+  arrays.update({f'o{i}': v for i, v in enumerate(slots)})
+  state = {'epoch': epoch, 'history': history, 'seconds': seconds,
+           'shapes': [list(w.shape) for w in weights + slots]}
+  _checkpoint.save(path, 'amortized', config or {}, arrays, state)
 
 
-def _restore_state(path, model):
-  with np.load(path) as data:
-    weights = [data[f'w{i}'] for i in range(len(model.get_weights()))]
-    model.set_weights(weights)
-    model.optimizer.build(model.trainable_variables)
-    for i, v in enumerate(model.optimizer.variables):
-      v.assign(data[f'o{i}'])
-    state = json.loads(str(data['state']))
+def _restore_state(path, model, config=None):
+  """Loads a state written by `save_state` into `model`; returns progress.
+
+  Raises:
+    CheckpointError: a missing, corrupt or foreign file, or another run's.
+  """
+  arrays, state = _checkpoint.load(path, 'amortized', config or {})
+  model.optimizer.build(model.trainable_variables)
+  weights, slots = model.get_weights(), model.optimizer.variables
+  shapes = [list(w.shape) for w in weights] + [list(v.shape) for v in slots]
+  if state.get('shapes') != shapes:
+    raise _checkpoint.CheckpointError(
+        f'checkpoint {path!r} holds weights of shapes {state.get("shapes")}, '
+        f'this model has {shapes}.')
+  model.set_weights([arrays[f'w{i}'] for i in range(len(weights))])
+  for i, v in enumerate(slots):
+    v.assign(arrays[f'o{i}'])
   return state
+
+
+def _posterior_name(posterior, family):
+  """`posterior`, or the deprecated `family=` that named it before."""
+  if family is None:
+    return posterior
+  warnings.warn('family= is deprecated; pass posterior= (the same family '
+                'name).', DeprecationWarning, stacklevel=3)
+  return family
 
 
 def batch_order(num_points, batch_size, seed, first_epoch, last_epoch):
@@ -385,10 +411,10 @@ def batch_order(num_points, batch_size, seed, first_epoch, last_epoch):
       for e in range(first_epoch, int(last_epoch))])
 
 
-def make_amortized_model(x, num_latents, *, family='diagonal', rank=5,
+def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
                          learning_rate=1e-3, seed=0, hidden_units=256,
                          num_blocks=2, objective='analytic', num_samples=1,
-                         jit_compile='auto'):
+                         jit_compile='auto', family=None):
   """A compiled, untrained `AmortizedSparseCoding` for data like x.
 
   Same arguments, same initial weights: the encoder and V depend only on
@@ -398,7 +424,7 @@ def make_amortized_model(x, num_latents, *, family='diagonal', rank=5,
   Args:
     x: `[N, D]` float32/float64 data (fixes D, the dtype and sigma^2's start).
     num_latents: H.
-    family: 'diagonal', 'lowrank' or 'full'.
+    posterior: the posterior family, 'diagonal', 'lowrank' or 'full'.
     rank: R of the low-rank family.
     learning_rate: Adam learning rate.
     seed: seeds the weights and the Monte-Carlo samples.
@@ -407,6 +433,7 @@ def make_amortized_model(x, num_latents, *, family='diagonal', rank=5,
     num_samples: S >= 1 (sampled objective).
     jit_compile: Keras' `compile(jit_compile=...)`: True, False or 'auto'
       (XLA on accelerators, not on CPU-only machines).
+    family: deprecated name of `posterior`.
 
   Returns:
     `AmortizedSparseCoding` compiled with Adam.
@@ -415,12 +442,13 @@ def make_amortized_model(x, num_latents, *, family='diagonal', rank=5,
     ValueError: bad shapes, NaN/inf data, an unknown family or objective,
       num_samples < 1, constant data with the sampled objective.
   """
+  posterior = _posterior_name(posterior, family)
   x = _checks.as_float_tensor(x, 'x', rank=2)
   _checks.check_finite(x, 'x')
   objective, num_samples = _check_objective(objective, num_samples)
   num_observed = int(x.shape[1])
   keras.utils.set_random_seed(seed)
-  encoder = make_encoder(num_observed, num_latents, family, rank,
+  encoder = make_encoder(num_observed, num_latents, posterior, rank,
                          hidden_units, num_blocks, seed=seed,
                          dtype=x.dtype.name)
   options = {}
@@ -431,7 +459,7 @@ def make_amortized_model(x, num_latents, *, family='diagonal', rank=5,
                        'the learned noise variance of the sampled objective.')
     options = {'num_samples': num_samples,
                'initial_noise_variance': variance}
-  model = AmortizedSparseCoding(encoder, num_observed, num_latents, family,
+  model = AmortizedSparseCoding(encoder, num_observed, num_latents, posterior,
                                 seed=seed, objective=objective, **options)
   # A new optimizer per model: Keras 3 optimizers cannot move to new variables.
   model.compile(optimizer=keras.optimizers.Adam(learning_rate),
@@ -439,17 +467,18 @@ def make_amortized_model(x, num_latents, *, family='diagonal', rank=5,
   return model
 
 
-def fit_amortized(x, num_latents, *, family='diagonal', rank=5, schedule=None,
-                  epochs=10, batch_size=512, learning_rate=1e-3, seed=0,
-                  hidden_units=256, num_blocks=2, checkpoint_path=None,
-                  resume=False, tensorboard_dir=None, on_epoch_end=None,
-                  verbose=1, objective='analytic', num_samples=1):
+def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
+                  schedule=None, epochs=10, batch_size=512, learning_rate=1e-3,
+                  seed=0, hidden_units=256, num_blocks=2, checkpoint_path=None,
+                  resume=False, overwrite=False, checkpoint_config=None,
+                  tensorboard_dir=None, on_epoch_end=None, verbose=1,
+                  objective='analytic', num_samples=1, family=None):
   """Trains encoder and dictionary by Adam on F_a (the Keras way).
 
   Args:
     x: `[N, D]` float32/float64 data.
     num_latents: H.
-    family: 'diagonal', 'lowrank' or 'full'.
+    posterior: the posterior family, 'diagonal', 'lowrank' or 'full'.
     rank: R of the low-rank family.
     schedule: annealing schedule by epoch (default none; analytic only).
     epochs: total epochs (a resumed run counts those done).
@@ -457,14 +486,23 @@ def fit_amortized(x, num_latents, *, family='diagonal', rank=5, schedule=None,
     learning_rate: Adam learning rate.
     seed: seeds weights, the batch order and the Monte-Carlo samples.
     hidden_units, num_blocks: encoder size.
-    checkpoint_path: optional .npz saved atomically after every epoch.
-    resume: continue from `checkpoint_path` if it exists.
+    checkpoint_path: optional .npz saved atomically after every epoch; it
+      records the run's config (these settings, the data's shape and
+      fingerprint, `checkpoint_config`).
+    resume: continue from `checkpoint_path` if it exists; a checkpoint of
+      another run (a differing config field) or trainer, with more epochs
+      done than `epochs`, or a corrupt one raises `CheckpointError`.
+    overwrite: without `resume`, replace an existing `checkpoint_path`
+      (else it is an error).
+    checkpoint_config: optional JSON-able dict recorded in the checkpoint
+      and compared on resume (e.g. an experiment's config).
     tensorboard_dir: optional TensorBoard log folder.
     on_epoch_end: optional `f(model, epoch) -> dict` of extra metrics.
     verbose: Keras progress-bar verbosity.
     objective: 'analytic' (F_a) or 'sampled' (Monte-Carlo ELBO with learned
       lambda, sigma^2; see `AmortizedSparseCoding`).
     num_samples: S >= 1, samples per point and step (sampled objective).
+    family: deprecated name of `posterior`.
 
   Returns:
     (model, history): the trained `AmortizedSparseCoding` and per-epoch lists
@@ -476,6 +514,7 @@ def fit_amortized(x, num_latents, *, family='diagonal', rank=5, schedule=None,
       objective, num_samples < 1, an annealing schedule with the sampled
       objective.
   """
+  posterior = _posterior_name(posterior, family)
   x = _checks.as_float_tensor(x, 'x', rank=2)
   _checks.check_finite(x, 'x')
   objective, num_samples = _check_objective(objective, num_samples)
@@ -489,14 +528,30 @@ def fit_amortized(x, num_latents, *, family='diagonal', rank=5, schedule=None,
     raise ValueError(f'batch_size must be in [1, N={num_points}], got '
                      f'{batch_size}.')
   model = make_amortized_model(
-      x, num_latents, family=family, rank=rank, learning_rate=learning_rate,
+      x, num_latents, posterior=posterior, rank=rank,
+      learning_rate=learning_rate,
       seed=seed, hidden_units=hidden_units, num_blocks=num_blocks,
       objective=objective, num_samples=num_samples)
   history, seconds, initial_epoch = {}, 0.0, 0
-  if resume and checkpoint_path and os.path.exists(checkpoint_path):
-    state = _restore_state(checkpoint_path, model)
+  config = {**(checkpoint_config or {})}
+  for k, v in dict(
+      posterior=posterior, rank=rank, num_latents=int(num_latents),
+      schedule=repr(schedule or NoAnnealing()), batch_size=int(batch_size),
+      learning_rate=learning_rate, seed=seed, hidden_units=hidden_units,
+      num_blocks=num_blocks, objective=objective, num_samples=num_samples,
+      data_shape=x.shape.as_list(), data_dtype=x.dtype.name,
+      data=_checkpoint.data_fingerprint(x.numpy())).items():
+    config.setdefault(k, v)
+  if _checkpoint.check_start(checkpoint_path, resume, overwrite):
+    state = _restore_state(checkpoint_path, model, config)
     history, seconds = state['history'], state['seconds']
     initial_epoch = int(state['epoch'])
+    if initial_epoch > epochs:
+      raise _checkpoint.CheckpointError(
+          f'checkpoint {checkpoint_path!r} has done {initial_epoch} epochs, '
+          f'more than this run asks for (epochs={epochs}); ask for at least '
+          'as many, or start afresh with overwrite=True (scripts: '
+          '--overwrite).')
     logging.info('Resumed from %s at epoch %d.', checkpoint_path,
                  initial_epoch)
   steps = num_points // int(batch_size)
@@ -506,7 +561,7 @@ def fit_amortized(x, num_latents, *, family='diagonal', rank=5, schedule=None,
   callbacks = [
       AnnealingCallback(NoAnnealing() if schedule is None else schedule),
       CheckpointCallback(x, checkpoint_path, history, on_epoch_end,
-                         batch_size, seconds)]
+                         batch_size, seconds, config)]
   if tensorboard_dir:
     try:
       import tensorboard  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import

@@ -20,6 +20,7 @@ number of seconds of optimisation.
 """
 
 import time
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -140,11 +141,11 @@ def _train_for(model, x, seconds, num_checkpoints, batch_size, seed,
   return trace, step_seconds, diverged
 
 
-def compare_elbos(x, num_latents, *, family='diagonal', rank=5,
+def compare_elbos(x, num_latents, *, posterior='diagonal', rank=5,
                   num_samples=(1, 10, 100), seconds=30.0, num_checkpoints=10,
                   batch_size=100, learning_rate=1e-3, hidden_units=256,
                   num_blocks=2, num_repeats=20, warmup_steps=5, seed=0,
-                  eval_batch_size=1024, jit_compile='auto'):
+                  eval_batch_size=1024, jit_compile='auto', family=None):
   """Trains on the analytic F and on the sampled ELBO; measures (a)-(c).
 
   Every method starts from the same weights (the same `seed`) and sees the
@@ -154,7 +155,7 @@ def compare_elbos(x, num_latents, *, family='diagonal', rank=5,
   Args:
     x: `[N, D]` float32/float64 data.
     num_latents: H.
-    family: 'diagonal', 'lowrank' or 'full'.
+    posterior: the posterior family, 'diagonal', 'lowrank' or 'full'.
     rank: R of the low-rank family.
     num_samples: sequence of S >= 1, one sampled method each.
     seconds: training-time budget per method (> 0).
@@ -167,6 +168,7 @@ def compare_elbos(x, num_latents, *, family='diagonal', rank=5,
     seed: seeds weights, batch order and samples.
     eval_batch_size: batch size of the full-data evaluations.
     jit_compile: passed to Keras' `compile` (True, False or 'auto').
+    family: deprecated name of `posterior`.
 
   Returns:
     JSON-able dict: 'config' (the arguments, N and D) and 'methods', a list
@@ -185,6 +187,10 @@ def compare_elbos(x, num_latents, *, family='diagonal', rank=5,
       non-positive budget, batch_size not in [1, N], num_checkpoints < 1,
       num_repeats < 2, an unknown family.
   """
+  if family is not None:
+    warnings.warn('family= is deprecated; pass posterior= (the same family '
+                  'name).', DeprecationWarning, stacklevel=2)
+    posterior = family
   x = _checks.as_float_tensor(x, 'x', rank=2)
   _checks.check_finite(x, 'x')
   num_points, num_observed = (int(s) for s in x.shape)
@@ -209,7 +215,7 @@ def compare_elbos(x, num_latents, *, family='diagonal', rank=5,
   batch_size, num_checkpoints = int(batch_size), int(num_checkpoints)
   gradient_batch = x[:batch_size]
   config = {'num_points': num_points, 'num_observed': num_observed,
-            'num_latents': int(num_latents), 'family': family,
+            'num_latents': int(num_latents), 'posterior': posterior,
             'rank': int(rank), 'num_samples': num_samples,
             'seconds': float(seconds), 'num_checkpoints': num_checkpoints,
             'batch_size': batch_size, 'learning_rate': float(learning_rate),
@@ -223,7 +229,7 @@ def compare_elbos(x, num_latents, *, family='diagonal', rank=5,
     name = method_name(objective, s)
     logging.info('%s: training for %.1f s.', name, seconds)
     model = make_amortized_model(
-        x, num_latents, family=family, rank=rank,
+        x, num_latents, posterior=posterior, rank=rank,
         learning_rate=learning_rate, seed=seed, hidden_units=hidden_units,
         num_blocks=num_blocks, objective=objective, num_samples=s,
         jit_compile=jit_compile)

@@ -32,8 +32,6 @@ run resumed from a checkpoint continues exactly as an uninterrupted one.
 import dataclasses
 import functools
 import inspect
-import json
-import os
 import time
 
 import numpy as np
@@ -41,7 +39,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from absl import logging
 
-from tfp_esc import _checks, artifacts
+from tfp_esc import _checks
+from tfp_esc.inference import _checkpoint
 from tfp_esc.inference._training import TERMS, as_data, batches, elbo_record
 from tfp_esc.inference.incremental_em import IncrementalEMTrainer
 from tfp_esc.inference.newton import newton_e_step
@@ -399,33 +398,41 @@ class EMTrainer:
 
   # -- checkpoints ------------------------------------------------------------
 
-  def save(self, path):
-    """Writes the whole training state to `path` (.npz) atomically."""
+  def save(self, path, config=None):
+    """Writes the whole training state to `path` (.npz) atomically.
+
+    Args:
+      path: checkpoint path.
+      config: JSON-able dict identifying the run (see `_checkpoint.save`).
+    """
     arrays = {f'param_{k}': v for k, v in self.params.items()}
     state = {'epoch': self.epoch, 'seconds': self._seconds,
              'history': self.history}
-    with artifacts.atomic_path(path) as tmp, open(tmp, 'wb') as f:
-      np.savez(f, v=self.v, state=np.array(json.dumps(state)), **arrays)
+    _checkpoint.save(path, 'em-paper', config or {}, dict(arrays, v=self.v),
+                     state)
 
-  def restore(self, path):
-    """Loads a state written by `save`; raises on a mismatched run."""
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'checkpoint {path!r} does not exist.')
-    with np.load(path) as data:
-      if data['v'].shape != self.v.shape:
-        raise ValueError(f'checkpoint {path!r} holds a dictionary of shape '
-                         f'{data["v"].shape}, this run has {self.v.shape}.')
-      params = {k[len('param_'):]: data[k] for k in data.files
-                if k.startswith('param_')}
-      if sorted(params) != self._names or any(
-          params[k].shape != self.params[k].shape for k in self._names):
-        raise ValueError(f'checkpoint {path!r} holds posterior parameters '
-                         f'{ {k: v.shape for k, v in params.items()} }, this '
-                         f'run has { {k: v.shape for k, v in self.params.items()} }.')
-      self.v = data['v'].astype(self.v.dtype)
-      self.params = {k: v.astype(self.params[k].dtype)
-                     for k, v in params.items()}
-      state = json.loads(str(data['state']))
+  def restore(self, path, config=None):
+    """Loads a state written by `save` for the same `config`.
+
+    Raises:
+      CheckpointError: missing, corrupt or foreign file, another run's
+        config, or other shapes.
+    """
+    arrays, state = _checkpoint.load(path, 'em-paper', config or {})
+    params = {k[len('param_'):]: arrays[k] for k in arrays
+              if k.startswith('param_')}
+    if 'v' not in arrays or arrays['v'].shape != self.v.shape:
+      raise _checkpoint.CheckpointError(
+          f'checkpoint {path!r} holds no dictionary of shape {self.v.shape}.')
+    if sorted(params) != self._names or any(
+        params[k].shape != self.params[k].shape for k in self._names):
+      raise _checkpoint.CheckpointError(
+          f'checkpoint {path!r} holds posterior parameters '
+          f'{ {k: v.shape for k, v in params.items()} }, this run has '
+          f'{ {k: v.shape for k, v in self.params.items()} }.')
+    self.v = arrays['v'].astype(self.v.dtype)
+    self.params = {k: v.astype(self.params[k].dtype)
+                   for k, v in params.items()}
     self.epoch = int(state['epoch'])
     self._seconds = float(state['seconds'])
     self.history = state['history']
@@ -433,7 +440,8 @@ class EMTrainer:
 
 def fit_em(x, num_latents, *, engine='incremental', epochs=10,
            refine_rounds=None, checkpoint_path=None, resume=False,
-           on_epoch_end=None, **options):
+           overwrite=False, checkpoint_config=None, on_epoch_end=None,
+           **options):
   """Trains by EM; the default engine is incremental EM with refinement.
 
   Engines:
@@ -455,8 +463,16 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
     refine_rounds: refinement rounds after the epochs ('incremental' only;
       default `DEFAULT_REFINE_ROUNDS`, 0 for none).
     checkpoint_path: optional .npz written atomically after every epoch and
-      round.
-    resume: continue from `checkpoint_path` if it exists.
+      round; it records the run's config (engine, options, data shape and
+      fingerprint, `checkpoint_config`).
+    resume: continue from `checkpoint_path` if it exists; a checkpoint of
+      another run (a differing config field), of the other engine, with
+      more epochs or rounds done than asked for, or a corrupt one raises
+      `CheckpointError`.
+    overwrite: without `resume`, replace an existing `checkpoint_path`
+      (else it is an error).
+    checkpoint_config: optional JSON-able dict recorded in the checkpoint
+      and compared on resume (e.g. an experiment's config).
     on_epoch_end: optional `f(trainer, record) -> dict or None` called after
       each epoch's (and round's) evaluation, before the checkpoint; the
       metrics it returns are appended to the history under their keys (e.g.
@@ -498,8 +514,10 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
       raise ValueError("refine_rounds is an option of engine='incremental'.")
     refine_rounds = 0
     trainer = EMTrainer(x, num_latents, **options)
-  if resume and checkpoint_path and os.path.exists(checkpoint_path):
-    trainer.restore(checkpoint_path)
+  config = _run_config(x, num_latents, engine, options, checkpoint_config)
+  if _checkpoint.check_start(checkpoint_path, resume, overwrite):
+    trainer.restore(checkpoint_path, config)
+    _check_extent(checkpoint_path, trainer, int(epochs), int(refine_rounds))
     logging.info('Resumed from %s at epoch %d.', checkpoint_path,
                  trainer.epoch)
 
@@ -508,7 +526,7 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
     for k, v in (extra or {}).items():
       trainer.history.setdefault(k, []).append(v)
     if checkpoint_path:
-      trainer.save(checkpoint_path)
+      trainer.save(checkpoint_path, config)
 
   while trainer.epoch < int(epochs):
     finish(trainer.run_epoch())
@@ -516,3 +534,35 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
     finish(trainer.run_refinement_round())
   return EMResult(dictionary=trainer.dictionary, params=trainer.params,
                   history=trainer.history)
+
+
+def _run_config(x, num_latents, engine, options, extra):
+  """What identifies an EM run in its checkpoint: `extra`'s fields first."""
+  x = np.asarray(x)
+  settings = {k: (repr(v) if k == 'schedule' else
+                  _checkpoint.data_fingerprint(np.asarray(v))
+                  if hasattr(v, 'shape') else v)
+              for k, v in options.items()}
+  return {**(extra or {}),
+          **{k: v for k, v in dict(
+              engine=engine, num_latents=int(num_latents),
+              data_shape=list(x.shape), data_dtype=x.dtype.name,
+              data=_checkpoint.data_fingerprint(x), **settings).items()
+             if k not in (extra or {})}}
+
+
+def _check_extent(path, trainer, epochs, refine_rounds):
+  """Refuses a checkpoint that has trained further than this run asks."""
+  done_rounds = getattr(trainer, 'refine_round', 0)
+  if trainer.epoch > epochs or done_rounds > refine_rounds:
+    raise _checkpoint.CheckpointError(
+        f'checkpoint {path!r} has done {trainer.epoch} epochs and '
+        f'{done_rounds} refinement rounds, more than this run asks for '
+        f'(epochs={epochs}, refine_rounds={refine_rounds}); ask for at '
+        'least as many, or start afresh with overwrite=True (scripts: '
+        '--overwrite).')
+  if done_rounds and trainer.epoch < epochs:
+    raise _checkpoint.CheckpointError(
+        f'checkpoint {path!r} has moved on to refinement after '
+        f'{trainer.epoch} epochs; it cannot add epochs (epochs={epochs}). '
+        'Start afresh with overwrite=True (scripts: --overwrite).')

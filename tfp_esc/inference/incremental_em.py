@@ -56,18 +56,16 @@ uninterrupted one exactly.
 
 import dataclasses
 import functools
-import json
 import operator
-import os
 import time
-import zipfile
 
 import numpy as np
 import scipy.optimize
 import tensorflow as tf
 from absl import logging
 
-from tfp_esc import _checks, artifacts
+from tfp_esc import _checks
+from tfp_esc.inference import _checkpoint
 from tfp_esc.inference._training import TERMS, as_data, batches, elbo_record
 from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.objective import elbo as elbo_lib
@@ -579,50 +577,44 @@ class IncrementalEMTrainer:
 
   # -- checkpoints ------------------------------------------------------------
 
-  def save(self, path):
-    """Writes the state (at an epoch end) to `path` (.npz) atomically."""
+  def save(self, path, config=None):
+    """Writes the state (at an epoch end) to `path` (.npz) atomically.
+
+    Args:
+      path: checkpoint path.
+      config: JSON-able dict identifying the run (see `_checkpoint.save`).
+    """
     self._fold_gain()
-    state = {'engine': 'incremental', 'epoch': self.epoch,
-             'refine_round': self.refine_round, 'passes': self._passes,
-             'seed': self.seed, 'seconds': self._seconds,
-             'history': self.history}
+    state = {'epoch': self.epoch, 'refine_round': self.refine_round,
+             'passes': self._passes, 'seed': self.seed,
+             'seconds': self._seconds, 'history': self.history}
     annealing_scales = (np.zeros(0) if self._annealing_scales is None
                         else self._annealing_scales)
-    with artifacts.atomic_path(path) as tmp, open(tmp, 'wb') as f:
-      np.savez(f, w=self.w, loc=self.loc, scale=self.scale, seen=self.seen,
-               annealing_scales=annealing_scales,
-               state=np.array(json.dumps(state)))
+    _checkpoint.save(path, 'em-incremental', config or {}, dict(
+        w=self.w, loc=self.loc, scale=self.scale, seen=self.seen,
+        annealing_scales=annealing_scales), state)
 
-  def restore(self, path):
-    """Loads a state written by `save`.
+  def restore(self, path, config=None):
+    """Loads a state written by `save` for the same `config`.
 
     Raises:
-      FileNotFoundError: no file at `path`.
-      ValueError: the file is not a readable checkpoint of this engine, or
-        it belongs to a run with other data shapes or another seed.
+      CheckpointError: no file at `path`, a file that is not a readable
+        checkpoint of this engine, or one of a run with another config,
+        other data shapes or another seed.
     """
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'checkpoint {path!r} does not exist.')
-    try:
-      with np.load(path) as data:
-        arrays = {k: data[k] for k in ('w', 'loc', 'scale', 'seen',
-                                       'annealing_scales', 'state')}
-      state = json.loads(str(arrays['state']))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-      raise ValueError(f'checkpoint {path!r} is corrupt or not an '
-                       f'incremental-EM checkpoint ({type(e).__name__}: {e}); '
-                       'delete it to start afresh.') from e
-    if state.get('engine') != 'incremental':
-      raise ValueError(f'checkpoint {path!r} was written by another engine '
-                       f'({state.get("engine")!r}).')
-    if arrays['w'].shape != self.w.shape or arrays['loc'].shape != self.loc.shape:
-      raise ValueError(f'checkpoint {path!r} holds a dictionary of shape '
-                       f'{arrays["w"].shape} and {arrays["loc"].shape[0]} '
-                       f'posteriors; this run has {self.w.shape} and '
-                       f'{self.loc.shape[0]}.')
+    arrays, state = _checkpoint.load(path, 'em-incremental', config or {})
+    names = ('w', 'loc', 'scale', 'seen', 'annealing_scales')
+    if any(k not in arrays for k in names) or (
+        arrays['w'].shape != self.w.shape
+        or arrays['loc'].shape != self.loc.shape):
+      raise _checkpoint.CheckpointError(
+          f'checkpoint {path!r} holds {sorted(arrays)} of shapes '
+          f'{[v.shape for v in arrays.values()]}; this run has a dictionary '
+          f'of shape {self.w.shape} and {self.loc.shape[0]} posteriors.')
     if int(state['seed']) != self.seed:
-      raise ValueError(f'checkpoint {path!r} belongs to a run with seed '
-                       f'{state["seed"]}, this run has seed {self.seed}.')
+      raise _checkpoint.CheckpointError(
+          f'checkpoint {path!r} belongs to a run with seed {state["seed"]}, '
+          f'this run has seed {self.seed}.')
     self.w = arrays['w'].astype(np.float64)
     self.loc = arrays['loc'].astype(self.x.dtype)
     self.scale = arrays['scale'].astype(self.x.dtype)
