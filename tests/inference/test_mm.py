@@ -174,3 +174,63 @@ def test_fixed_scales_and_noise_maximise_the_classical_elbo():
                       0), max_iterations=3000, tolerance=1e-14)
   np.testing.assert_allclose(ours, -float(result.objective_value), rtol=0,
                              atol=1e-8)
+
+
+# --- Observation masks ------------------------------------------------------
+
+def _masked_objective(x, w, loc, scale, mask):
+  return float(elbo_lib.entropy_elbo(x, w, DiagonalGaussian(loc, scale),
+                                     mask=mask).elbo)
+
+
+@hypothesis.settings(deadline=None, max_examples=10)
+@hypothesis.given(seed=st.integers(0, 10_000),
+                  num_points=st.integers(2, 10),
+                  num_latents=st.integers(1, 8),
+                  fraction=st.floats(0.1, 0.8))
+def test_masked_iterations_raise_the_masked_elbo(seed, num_points, num_latents,
+                                                 fraction):
+  x, w, loc, scale = _problem(seed, num_points, 7, num_latents)
+  mask = np.random.default_rng(seed).random(x.shape) > fraction
+  mask[:, 0] = True
+  value = _masked_objective(x, w, loc, scale, mask)
+  for _ in range(4):
+    loc, scale = (t.numpy() for t in mm_e_step(
+        x, w, loc, scale, (1.0, 1.0, 1.0), iterations=3, floor=FLOOR,
+        mask=mask.astype(np.float64)))
+    new_value = _masked_objective(x, w, loc, scale, mask)
+    assert new_value >= value - 1e-10
+    value = new_value
+
+
+def test_mask_of_ones_is_the_unmasked_e_step():
+  x, w, loc, scale = _problem(5, 9, 6, 4)
+  plain = mm_e_step(x, w, loc, scale, (1.0, 1.0, 1.0), iterations=20,
+                    floor=FLOOR)
+  masked = mm_e_step(x, w, loc, scale, (1.0, 1.0, 1.0), iterations=20,
+                     floor=FLOOR, mask=np.ones_like(x))
+  for a, b in zip(plain, masked):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_masked_point_equals_the_reduced_problem():
+  """With lambda and sigma^2 fixed the points separate: a masked point's
+  optimum is the unmasked optimum of its observed rows of x and W."""
+  x, w, loc, scale = _problem(6, 3, 8, 5)
+  rng = np.random.default_rng(0)
+  mask = rng.random(x.shape) > 0.4
+  mask[:, :2] = True
+  scales, noise = np.full(5, 0.6), 0.05
+  kwargs = dict(iterations=tf.constant(1500), floor=FLOOR, scales=scales,
+                noise_variance=noise)
+  step = tf.function(mm_e_step)
+  got_loc, got_scale = step(x, w, loc, scale, (1.0, 1.0, 1.0),
+                            mask=mask.astype(np.float64), **kwargs)
+  for n in range(3):
+    rows = mask[n]
+    want_loc, want_scale = step(x[n:n + 1, rows], w[rows], loc[n:n + 1],
+                                scale[n:n + 1], (1.0, 1.0, 1.0), **kwargs)
+    np.testing.assert_allclose(got_loc[n].numpy(), want_loc[0].numpy(),
+                               atol=1e-6)
+    np.testing.assert_allclose(got_scale[n].numpy(), want_scale[0].numpy(),
+                               atol=1e-6)

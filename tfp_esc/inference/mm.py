@@ -42,6 +42,12 @@ objective; with the rest of the data set as context it is the full-data F_a
 as a function of the batch's parameters, which stays bounded even under
 prior annealing (a_prior > 1): shrinking the batch's codes cannot shrink the
 other points' share of lambda*.
+
+Observation masks (missing entries, `tfp_esc.objective.elbo`'s module doc):
+the quadratic becomes nu^T W^T M_n W nu with M_n = diag(m_n), applied as
+W^T (m_n * (W nu)) at the same cost per iteration (two `[B, D] x [D, H]`
+products instead of one `[B, H] x [H, H]`), G_hh becomes sum_d m_nd W_dh^2,
+and the same L bounds every W^T M_n W (M_n <= I).
 """
 
 import math
@@ -144,7 +150,7 @@ def _two_variable_newton(target, loc, scale, k, k_s, b, a_q, floor,
 
 def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
               context=None, scales=None, noise_variance=None,
-              inner_iterations=2):
+              inner_iterations=2, mask=None):
   """Raises F_a of a batch (with `context`) over diagonal posteriors.
 
   Args:
@@ -169,6 +175,9 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
       batch at them, which separates over points: held-out evaluation
       (SPEC 12).
     inner_iterations: two-variable Newton steps per iteration.
+    mask: optional `[B, D]` float of 0/1, 1 where x is observed: the
+      likelihood runs over observed entries only (module doc). The
+      `context` points then count as fully observed.
 
   Returns:
     (loc, scale): `[B, H]` float each, with scale > floor; F_a(batch +
@@ -189,18 +198,34 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
   context_magnitude = tf.cast(context.expected_magnitude, dtype)
 
   gram = tf.matmul(dictionary, dictionary, transpose_a=True)        # [H, H]
-  column_norms2 = tf.linalg.diag_part(gram)                          # [H]
+  lipschitz = _largest_eigenvalue(gram)
+  if mask is None:
+    column_norms2 = tf.linalg.diag_part(gram)                        # [H]
+    num_observed = (context_count + tf.cast(tf.shape(x)[0], dtype)) * tf.cast(
+        tf.shape(x)[1], dtype)
+
+    def apply_gram(nu):
+      return tf.matmul(nu, gram)
+  else:
+    mask = tf.cast(mask, dtype)
+    x = mask * x
+    column_norms2 = tf.matmul(mask, tf.square(dictionary))           # [B, H]
+    num_observed = context_count * tf.cast(tf.shape(x)[1], dtype) + (
+        tf.reduce_sum(mask))
+
+    def apply_gram(nu):
+      # W^T M_n W nu_n, row by row: [B, H].
+      return tf.matmul(mask * tf.matmul(nu, dictionary, transpose_b=True),
+                       dictionary)
   projected = tf.matmul(x, dictionary)                               # [B, H]
   data_norms2 = tf.reduce_sum(tf.square(x), -1)                      # [B]
-  lipschitz = _largest_eigenvalue(gram)
   count = context_count + tf.cast(tf.shape(x)[0], dtype)
-  num_observed = tf.cast(tf.shape(x)[1], dtype)
 
   def reconstruction(nu, g_nu, s):
-    # ||x - W nu||^2 + sum_h G_hh s_h^2 in Gram form: [B].
+    # ||m * (x - W nu)||^2 + sum_h G_hh s_h^2 in Gram form: [B].
     return (data_norms2 - 2.0 * tf.reduce_sum(nu * projected, -1)
             + tf.reduce_sum(nu * g_nu, -1)
-            + tf.linalg.matvec(tf.square(s), column_norms2))
+            + tf.reduce_sum(tf.square(s) * column_norms2, -1))
 
   fixed_scales = None if scales is None else tf.convert_to_tensor(scales,
                                                                    dtype)
@@ -213,8 +238,8 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
     else:
       scales = fixed_scales
     if fixed_noise is None:
-      noise_variance = (context_reconstruction + tf.reduce_sum(rec)) / (
-          count * num_observed)
+      noise_variance = (context_reconstruction
+                        + tf.reduce_sum(rec)) / num_observed
     else:
       noise_variance = fixed_noise
     return scales, noise_variance
@@ -228,14 +253,14 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
   def body(i, nu, s, g_nu, magnitude, rec, y, momentum):
     scales, noise_variance = optimal(magnitude, rec)
     current = per_point(rec, magnitude, s, scales, noise_variance)
-    g_y = tf.matmul(y, gram)
+    g_y = apply_gram(y)
     target = y - (g_y - projected) / lipschitz
     k = a_lik * lipschitz / noise_variance
     k_s = a_lik * column_norms2 / noise_variance
     b = a_prior / scales
     new_nu, new_s, new_magnitude = _two_variable_newton(
         target, y, s, k, k_s, b, a_q, floor, inner_iterations)
-    new_g_nu = tf.matmul(new_nu, gram)
+    new_g_nu = apply_gram(new_nu)
     new_rec = reconstruction(new_nu, new_g_nu, new_s)
     candidate = per_point(new_rec, new_magnitude, new_s, scales,
                           noise_variance)
@@ -253,7 +278,7 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
     rec = tf.where(accept, new_rec, rec)
     return i + 1, nu, s, g_nu, magnitude, rec, y, momentum
 
-  g_nu = tf.matmul(loc, gram)
+  g_nu = apply_gram(loc)
   magnitude, _, _ = expected_magnitude_partials(loc, scale)
   rec = reconstruction(loc, g_nu, scale)
   momentum = tf.ones_like(data_norms2)
