@@ -1,5 +1,6 @@
 """train_patches end to end at tiny size: outputs, keys, resume, bad input."""
 
+import dataclasses
 import json
 import os
 
@@ -15,16 +16,6 @@ def _config(path, **kwargs):
       batch_size=64, e_step_iterations=15, gini_samples=2, gini_points=64,
       refine_rounds=1),
                                       **kwargs})
-
-
-@pytest.fixture(scope='module')
-def images(tmp_path_factory):
-  # Two smooth random 48x48 images as a .npy stack (no download, fast).
-  rng = np.random.default_rng(0)
-  stack = rng.standard_normal((2, 48, 48)).cumsum(1).cumsum(2)
-  path = tmp_path_factory.mktemp('img') / 'images.npy'
-  np.save(path, stack)
-  return str(path)
 
 
 def test_em_run_writes_outputs_and_resumes(images, tmp_path):
@@ -46,18 +37,86 @@ def test_em_run_writes_outputs_and_resumes(images, tmp_path):
   part_dir = str(tmp_path / 'part')
   experiment.train_patches(_config(images, epochs=1, refine_rounds=0),
                            part_dir)
+  _refuses_other_runs(images, part_dir)
   resumed = experiment.train_patches(_config(images), part_dir, resume=True)
   np.testing.assert_allclose(np.load(os.path.join(part_dir, 'dictionary.npy')),
                              np.load(whole_dir / 'dictionary.npy'), atol=1e-6)
   np.testing.assert_allclose(resumed['history']['elbo'],
                              whole['history']['elbo'], rtol=1e-6)
+  # A finished run resumed with fewer epochs is refused, not returned.
+  with pytest.raises(ValueError, match=r'has done 2 epochs.*epochs=1'):
+    experiment.train_patches(_config(images, epochs=1), part_dir, resume=True)
+  # Nor can a run that moved on to refinement add epochs.
+  with pytest.raises(ValueError, match='moved on to refinement'):
+    experiment.train_patches(_config(images, epochs=3), part_dir, resume=True)
 
 
-def test_bad_settings_raise_before_training(images, tmp_path):
-  with pytest.raises(ValueError, match="method must be 'em' or 'amortized'"):
-    experiment.train_patches(_config(images, method='map'), str(tmp_path))
-  with pytest.raises(ValueError, match='must be one of none, prior'):
-    experiment.train_patches(_config(images, annealing='cosine'), str(tmp_path))
+def _refuses_other_runs(images, workdir):
+  """Checks what resuming the 1-epoch EM checkpoint in `workdir` refuses."""
+  checkpoint = os.path.join(workdir, 'checkpoint.npz')
+  before = open(checkpoint, 'rb').read()
+  # Without resume or overwrite: refused, naming both ways out.
+  with pytest.raises(ValueError, match='exists from an earlier run.*resume'
+                     '.*overwrite'):
+    experiment.train_patches(_config(images), workdir)
+  # Another seed, engine, method or setting: refused naming the field.
+  for change, field in [({'seed': 4}, 'seed=0.*seed=4'),
+                        ({'batch_size': 32}, 'batch_size=64.*batch_size=32'),
+                        ({'gini_samples': 3}, 'gini_samples'),
+                        ({'engine': 'paper', 'refine_rounds': 0},
+                         "'em-incremental'.*'em-paper'"),
+                        ({'method': 'amortized', 'e_step_iterations': None},
+                         "'em-incremental'.*'amortized'")]:
+    with pytest.raises(ValueError, match=field + '.*overwrite'):
+      experiment.train_patches(_config(images, **change), workdir,
+                               resume=True)
+  with pytest.raises(ValueError, match='exclude each other'):
+    experiment.train_patches(_config(images), workdir, resume=True,
+                             overwrite=True)
+  assert open(checkpoint, 'rb').read() == before  # Untouched by refusals.
+  # Corrupt or truncated: named, with the remedy.
+  broken = os.path.join(workdir, 'broken')
+  os.makedirs(broken)
+  middle = len(before) // 2
+  flipped = before[:middle] + bytes([before[middle] ^ 1]) + before[middle + 1:]
+  for content in (before[:middle], b'not a checkpoint', flipped):
+    with open(os.path.join(broken, 'checkpoint.npz'), 'wb') as f:
+      f.write(content)
+    with pytest.raises(ValueError, match=r'broken/checkpoint.npz.*corrupt.*'
+                       r'delete it.*--overwrite'):
+      experiment.train_patches(_config(images), broken, resume=True)
+
+
+@pytest.mark.parametrize('change,match', [
+    ({'method': 'map'}, "^method must be one of em, amortized, got 'map'"),
+    ({'annealing': 'cosine'}, '^annealing must be one of none, prior'),
+    ({'engine': 'fast'}, '^engine must be one of incremental, paper'),
+    ({'posterior': 'spherical'}, '^posterior must be one of'),
+    ({'epochs': 0}, r'^epochs must be an integer >= 1, got 0'),
+    ({'epochs': 2.0}, '^epochs must be int, got 2.0'),
+    ({'batch_size': -1}, '^batch_size must be an integer >= 1'),
+    ({'refine_rounds': -1}, '^refine_rounds must be an integer >= 0'),
+    ({'learning_rate': 0.0}, '^learning_rate must be positive'),
+    ({'m_step_size': -0.5}, '^m_step_size must be positive'),
+    ({'m_step_size': float('inf')}, '^m_step_size must be positive'),
+    ({'seed': None}, '^seed must be set'),
+    ({'warm_start': 1}, '^warm_start must be bool'),
+    ({'posterior': 'full'}, "^posterior must be 'diagonal' with the "
+                            'incremental'),
+    ({'e_step': 'newton'}, "^e_step is an option of engine 'paper'"),
+    ({'method': 'amortized'}, "^e_step_iterations is an option of method "
+                              "'em'"),
+])
+def test_bad_settings_raise_before_any_work(tmp_path, change, match):
+  # The images do not exist: the config is refused before they are read.
+  with pytest.raises(experiment.ConfigError, match=match) as info:
+    experiment.train_patches(_config(str(tmp_path / 'none.mat'), **change),
+                             str(tmp_path / 'out'))
+  assert match.lstrip('^').startswith(info.value.field + ' ')
+  assert not os.path.exists(tmp_path / 'out')
+
+
+def test_missing_images_raise(tmp_path):
   with pytest.raises(FileNotFoundError):
     experiment.train_patches(_config(str(tmp_path / 'none.mat')), str(tmp_path))
   assert not os.path.exists(tmp_path / 'metrics.json')
@@ -65,15 +124,13 @@ def test_bad_settings_raise_before_training(images, tmp_path):
 
 def test_amortized_run_writes_outputs_and_resumes(images, tmp_path):
   config = _config(images, method='amortized', posterior='lowrank', rank=2,
-                   annealing='prior_linear', epochs=2, refine_rounds=0)
+                   annealing='prior_linear', epochs=2, refine_rounds=0,
+                   e_step_iterations=None)
   whole = experiment.train_patches(config, str(tmp_path / 'whole'))
   assert whole['history']['a_prior'] == pytest.approx([2.0, 1.9])
   assert 0 < whole['gini']['mean'] < 1
   part = str(tmp_path / 'part')
-  experiment.train_patches(_config(images, method='amortized',
-                                   posterior='lowrank', rank=2,
-                                   annealing='prior_linear', epochs=1,
-                                   refine_rounds=0), part)
+  experiment.train_patches(dataclasses.replace(config, epochs=1), part)
   resumed = experiment.train_patches(config, part, resume=True)
   np.testing.assert_allclose(resumed['history']['elbo'],
                              whole['history']['elbo'], rtol=1e-5)
