@@ -13,6 +13,7 @@ to `workdir`. For bars:
 """
 
 import dataclasses
+import importlib.util
 import os
 import time
 import typing
@@ -287,7 +288,7 @@ class PatchesConfig:
       (indexed by epoch).
     num_patches: N; None: every row of a file of ready patches `[N, D]`,
       else `DEFAULT_NUM_PATCHES` drawn from the images.
-    num_latents: H.
+    num_latents: H, the number of latents (dictionary columns).
     patch_size: patches are patch_size x patch_size (D = patch_size^2).
     epochs: training epochs.
     batch_size: minibatch size.
@@ -519,6 +520,8 @@ def _train_patches_amortized(config, x, workdir, checkpoint, resume):
       num_blocks=config.num_blocks, checkpoint_path=checkpoint,
       resume=resume, overwrite=not resume,
       checkpoint_config=config.run_record(),
-      tensorboard_dir=os.path.join(workdir, 'tensorboard'),
+      # TensorBoard logs when it is installed; no warning when it is not.
+      tensorboard_dir=(os.path.join(workdir, 'tensorboard')
+                       if importlib.util.find_spec('tensorboard') else None),
       on_epoch_end=gini, verbose=0)
   return model.dictionary.numpy(), history
