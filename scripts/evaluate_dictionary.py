@@ -45,9 +45,9 @@ flags.DEFINE_integer('gini_samples', 10,
                      'Posterior samples per point for the Gini index.')
 flags.DEFINE_integer('max_calls', 20, 'Most L-BFGS calls of the fit.')
 flags.DEFINE_integer('max_iterations', 200, 'L-BFGS iterations per call.')
-flags.DEFINE_bool('jit_compile', False, 'Compile the fit with XLA: faster '
-                  'iterations, but compiling takes longer than a small '
-                  'evaluation runs.')
+flags.DEFINE_bool('jit_compile', True, 'Compile the fit with XLA (faster '
+                  'iterations; about as much CPU time in all on 1000 bars '
+                  'points, where tracing the L-BFGS graph dominates).')
 flags.DEFINE_integer('seed', 0, 'Seed.')
 flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
