@@ -88,19 +88,23 @@ def _refuses_other_runs(images, workdir):
 
 
 @pytest.mark.parametrize('change,match', [
-    ({'method': 'map'}, "^method must be one of em, amortized, got 'map'"),
-    ({'annealing': 'cosine'}, '^annealing must be one of none, prior'),
-    ({'engine': 'fast'}, '^engine must be one of incremental, paper'),
+    ({'method': 'map'}, r"^method must be one of \['em', 'amortized'\], got "
+                        "'map'"),
+    ({'annealing': 'cosine'}, r"^annealing must be one of \['none', 'prior'"),
+    ({'engine': 'fast'}, r"^engine must be one of \['incremental', 'paper'"),
     ({'posterior': 'spherical'}, '^posterior must be one of'),
     ({'epochs': 0}, r'^epochs must be an integer >= 1, got 0'),
-    ({'epochs': 2.0}, '^epochs must be int, got 2.0'),
+    ({'epochs': 2.0}, r'^epochs must be an integer, got 2.0 \(float\)'),
     ({'batch_size': -1}, '^batch_size must be an integer >= 1'),
     ({'refine_rounds': -1}, '^refine_rounds must be an integer >= 0'),
-    ({'learning_rate': 0.0}, '^learning_rate must be positive'),
-    ({'m_step_size': -0.5}, '^m_step_size must be positive'),
-    ({'m_step_size': float('inf')}, '^m_step_size must be positive'),
+    ({'learning_rate': 0.0}, r'^learning_rate must be a finite number in '
+                             r'\(0, inf\), got 0.0'),
+    ({'m_step_size': -0.5}, r'^m_step_size must be a finite number in \(0'),
+    ({'m_step_size': float('inf')}, '^m_step_size must be a finite number'),
+    ({'learning_rate': True}, '^learning_rate must be a real number'),
+    ({'posterior': 3}, r"^posterior must be one of \[.*got 3 \(int\)"),
     ({'seed': None}, '^seed must be set'),
-    ({'warm_start': 1}, '^warm_start must be bool'),
+    ({'warm_start': 1}, '^warm_start must be True or False, got 1'),
     ({'posterior': 'full'}, "^posterior must be 'diagonal' with the "
                             'incremental'),
     ({'e_step': 'newton'}, "^e_step is an option of engine 'paper'"),

@@ -21,7 +21,7 @@ import typing
 import numpy as np
 from absl import logging
 
-from tfp_esc import artifacts
+from tfp_esc import _checks, artifacts
 from tfp_esc.data.bars import make_bars
 from tfp_esc.data.patches import whitened_patches
 from tfp_esc.evaluation import metrics, plots
@@ -46,29 +46,34 @@ _EXTENT_FIELDS = ('epochs', 'refine_rounds')
 
 
 class ConfigError(ValueError):
-  """A configuration field holds a bad value; `field` names it."""
+  """A configuration field holds a bad value; `field` names it.
 
-  def __init__(self, field, problem):
-    super().__init__(f'{field} {problem}')
+  A ValueError also where `_checks` raised a TypeError (a wrong type), so
+  that one except clause catches every bad setting.
+  """
+
+  def __init__(self, field, message):
+    super().__init__(message)
     self.field = field
-    self.problem = problem
 
 
-def _field(default, *, choices=None, minimum=None, positive=False):
+def _field(default, *, choices=None, minimum=None, low=None, low_open=True):
   """A config field with the rules `_validate` checks (and flags offer).
 
   Args:
     default: the default value.
     choices: the allowed values (a library list), or None.
-    minimum: the smallest allowed integer, or None.
-    positive: a float that must be finite and > 0.
+    minimum: an int field's smallest value (`_checks.check_count`).
+    low, low_open: a float field's lower bound, excluded or not
+      (`_checks.check_real`; every float must be finite).
   """
   return dataclasses.field(default=default, metadata={
-      'choices': choices, 'minimum': minimum, 'positive': positive})
+      'choices': choices, 'minimum': minimum, 'low': low,
+      'low_open': low_open})
 
 
 def _validate(config):
-  """Checks every field of a config dataclass against its metadata.
+  """Checks every field of a config dataclass by `_checks`' one set of rules.
 
   Raises:
     ConfigError: the first field with a bad type or value, named.
@@ -79,25 +84,24 @@ def _validate(config):
     kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
     if value is None:
       if type(None) not in kinds:
-        raise ConfigError(f.name, 'must be set, got None.')
+        raise ConfigError(f.name, f'{f.name} must be set, got None.')
       continue
     kind = next(k for k in kinds if k is not type(None))
-    ok = (isinstance(value, bool) if kind is bool else
-          isinstance(value, int) and not isinstance(value, bool)
-          if kind is int else
-          isinstance(value, (int, float)) and not isinstance(value, bool)
-          if kind is float else isinstance(value, kind))
-    if not ok:
-      raise ConfigError(f.name, f'must be {kind.__name__}, got {value!r}.')
     rules = f.metadata
-    if rules.get('choices') and value not in rules['choices']:
-      raise ConfigError(f.name, f'must be one of {", ".join(rules["choices"])}'
-                        f', got {value!r}.')
-    if rules.get('minimum') is not None and value < rules['minimum']:
-      raise ConfigError(f.name, f'must be an integer >= {rules["minimum"]}, '
-                        f'got {value!r}.')
-    if rules.get('positive') and not 0 < value < float('inf'):
-      raise ConfigError(f.name, f'must be positive and finite, got {value!r}.')
+    try:
+      if rules.get('choices'):
+        _checks.check_choice(value, f.name, rules['choices'])
+      elif kind is bool:
+        _checks.check_flag(value, f.name)
+      elif kind is int:
+        _checks.check_count(value, f.name, rules.get('minimum') or 0)
+      elif kind is float:
+        _checks.check_real(value, f.name, rules.get('low'),
+                           low_open=rules.get('low_open', True))
+      elif not isinstance(value, kind):
+        raise TypeError(f'{f.name} must be a {kind.__name__}, got {value!r}.')
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f.name, str(e)) from None
 
 
 @dataclasses.dataclass
@@ -128,7 +132,7 @@ class BarsConfig:
   seed: int = _field(0, minimum=0)
   num_points: int = _field(1000, minimum=1)
   side: int = _field(5, minimum=2)
-  noise_std: float = _field(0.1)
+  noise_std: float = _field(0.1, low=0.0, low_open=False)
   data_path: str | None = None
   posterior: str = _field('full', choices=POSTERIORS)
   rank: int = _field(2, minimum=1)
@@ -136,8 +140,8 @@ class BarsConfig:
   max_calls: int = _field(100, minimum=1)
   max_iterations: int = _field(200, minimum=1)
   num_correction_pairs: int = _field(10, minimum=1)
-  tolerance: float = _field(1e-6)
-  init_scale: float = _field(0.1, positive=True)
+  tolerance: float = _field(1e-6, low=0.0, low_open=False)
+  init_scale: float = _field(0.1, low=0.0)
   dtype: str = _field('float64', choices=DTYPES)
   jit_compile: bool = True
   gini_samples: int = _field(10, minimum=1)
@@ -145,10 +149,6 @@ class BarsConfig:
   def validate(self):
     """Checks every field; raises `ConfigError` naming the first bad one."""
     _validate(self)
-    if self.noise_std < 0:
-      raise ConfigError('noise_std', f'must be >= 0, got {self.noise_std}.')
-    if self.tolerance < 0:
-      raise ConfigError('tolerance', f'must be >= 0, got {self.tolerance}.')
 
   def fit_options(self):
     """Keyword arguments of `fit_joint` that this configuration sets."""
@@ -325,8 +325,8 @@ class PatchesConfig:
   warm_start: bool = False
   e_step: str | None = _field(None, choices=E_STEPS)
   e_step_iterations: int | None = _field(None, minimum=1)
-  m_step_size: float = _field(0.5, positive=True)
-  learning_rate: float = _field(1e-3, positive=True)
+  m_step_size: float = _field(0.5, low=0.0)
+  learning_rate: float = _field(1e-3, low=0.0)
   hidden_units: int = _field(256, minimum=1)
   num_blocks: int = _field(2, minimum=0)
   dtype: str = _field('float32', choices=DTYPES)
@@ -342,17 +342,18 @@ class PatchesConfig:
     _validate(self)
     incremental = self.method == 'em' and self.engine == 'incremental'
     if incremental and self.posterior != 'diagonal':
-      raise ConfigError('posterior', f"must be 'diagonal' with the "
+      raise ConfigError('posterior', "posterior must be 'diagonal' with the "
                         f"incremental EM engine, got {self.posterior!r} (use "
                         "engine 'paper' or method 'amortized').")
     if incremental and (self.e_step is not None or self.warm_start):
       name = 'e_step' if self.e_step is not None else 'warm_start'
-      raise ConfigError(name, "is an option of engine 'paper', not of the "
-                        'incremental engine.')
+      raise ConfigError(name, f"{name} is an option of engine 'paper', not "
+                        'of the incremental engine.')
     if self.method == 'amortized' and (
         self.e_step is not None or self.e_step_iterations is not None):
       name = 'e_step' if self.e_step is not None else 'e_step_iterations'
-      raise ConfigError(name, "is an option of method 'em', not 'amortized'.")
+      raise ConfigError(name, f"{name} is an option of method 'em', not "
+                        "'amortized'.")
 
   def run_record(self):
     """The fields that identify the run (all but how far it trains).
