@@ -154,14 +154,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, images):
     record = json.loads(str(data['__record__']))
   print(f'killed while running: {running}, after epoch '
         f'{record["state"]["epoch"]}')
-  resumed = subprocess.run(command + _patches_flags(images, workdir) +
-                           ['--resume'], capture_output=True, text=True)
-  assert resumed.returncode == 0, resumed.stderr
-  whole_dir = tmp_path / 'whole'
   config = experiment.PatchesConfig(
       images=images, num_patches=1024, num_latents=16, patch_size=6,
       batch_size=128, epochs=6, refine_rounds=1, e_step_iterations=10,
       gini_points=64, gini_samples=2, dtype='float64', seed=3)
+  # What `--resume` runs (the sweep above checks the flag reaches it).
+  experiment.train_patches(config, str(workdir), resume=True)
+  whole_dir = tmp_path / 'whole'
   whole = experiment.train_patches(config, str(whole_dir))
   np.testing.assert_array_equal(np.load(workdir / 'dictionary.npy'),
                                 np.load(whole_dir / 'dictionary.npy'))
@@ -173,3 +172,14 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, images):
   modes = {p: stat.S_IMODE(os.stat(workdir / p).st_mode) for p in (
       'dictionary.npy', 'metrics.json', 'checkpoint.npz', 'dictionary.png')}
   assert len(set(modes.values())) == 1, modes
+
+
+def test_verbosity_brings_back_the_logs_and_the_traceback(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  out = subprocess.run(
+      [sys.executable, 'scripts/train_bars.py', '--verbosity=1',
+       '--num_points=0', f'--output_dir={tmp_path}'],
+      capture_output=True, text=True, env=env)
+  assert out.returncode != 0
+  assert _CPP_LOG.search(out.stderr), out.stderr
+  assert 'Traceback' in out.stderr and 'ConfigError: num_points' in out.stderr
