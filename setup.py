@@ -29,13 +29,17 @@ setuptools.setup(
         'matplotlib>=3.8',
         'absl-py>=2.0',
         'scikit-image>=0.22',
+        # tfp_esc.SparseCoding; 1.6 brought validate_data and
+        # __sklearn_tags__, which it uses.
+        'scikit-learn>=1.6',
     ],
     extras_require={
         # nbclient, nbformat and ipykernel execute the colab/ notebooks.
-        'test': ['pytest>=8', 'hypothesis>=6.100', 'scikit-learn>=1.4',
+        'test': ['pytest>=8', 'hypothesis>=6.100',
                  'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'],
-        # MAP / l1 dictionaries (tfp_esc.evaluation.map_baseline).
-        'baselines': ['scikit-learn>=1.4'],
+        # MAP / l1 dictionaries (tfp_esc.evaluation.map_baseline); scikit-learn
+        # is now in the core install, the extra stays for old commands.
+        'baselines': [],
         # TF 2.21 no longer installs TensorBoard; only its callback needs it.
         'tensorboard': ['tensorboard>=2.20'],
     },
