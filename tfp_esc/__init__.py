@@ -5,6 +5,7 @@ flows: data -> model -> posterior -> objective -> inference -> evaluation.
 """
 
 from tfp_esc.data.bars import make_bars
+from tfp_esc.estimator import SparseCoding
 from tfp_esc.evaluation.metrics import bars_recovery, gini_index
 from tfp_esc.inference.em import fit_em
 from tfp_esc.inference.joint import fit_joint
@@ -20,6 +21,7 @@ __all__ = [
     'DiagonalGaussian',
     'FullGaussian',
     'LowRankGaussian',
+    'SparseCoding',
     'SparseCodingModel',
     'bars_recovery',
     'classical_elbo',
