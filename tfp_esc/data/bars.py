@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from tfp_esc import _checks
+
 __all__ = ['BarsData', 'bars_dictionary', 'make_bars']
 
 
@@ -68,12 +70,15 @@ def make_bars(num_points=1000, side=5, noise_std=0.1, seed=0,
     `BarsData`.
 
   Raises:
-    ValueError: num_points <= 0 or noise_std <= 0.
+    TypeError: num_points, side or seed not an integer, noise_std not a
+      real number (`tfp_esc._checks` rules).
+    ValueError: num_points <= 0, side < 2, seed < 0, noise_std not positive
+      and finite.
   """
-  if int(num_points) <= 0:
-    raise ValueError(f'num_points must be positive, got {num_points!r}.')
-  if not noise_std > 0:
-    raise ValueError(f'noise_std must be positive, got {noise_std!r}.')
+  num_points = _checks.check_count(num_points, 'num_points')
+  side = _checks.check_count(side, 'side', 2)
+  noise_std = _checks.check_real(noise_std, 'noise_std', 0.0)
+  _checks.check_count(seed, 'seed', 0)
   rng = np.random.default_rng(seed)
   bars = bars_dictionary(side, np.float64)
   sources = rng.laplace(size=(int(num_points), bars.shape[1]))

@@ -209,8 +209,7 @@ def match_dictionaries(true_dictionary, learned_dictionary, threshold=0.9):
   if learned_dictionary.shape[1] < true_dictionary.shape[1]:
     raise ValueError('learned_dictionary must have at least as many columns '
                      f'as true_dictionary; {shapes}.')
-  if not 0.0 < threshold <= 1.0:
-    raise ValueError(f'threshold must be in (0, 1], got {threshold!r}.')
+  threshold = _checks.check_real(threshold, 'threshold', 0.0, 1.0)
 
   true_unit = _unit_columns(true_dictionary.astype(np.float64),
                             'true_dictionary')

@@ -354,9 +354,13 @@ def get_schedule(name, **kwargs):
     ValueError: `name` is unknown (the message lists the valid names), a
       keyword argument is not accepted by that schedule, or a value is
       invalid.
-    TypeError: a value has the wrong type (see the schedule's constructor).
+    TypeError: `name` is not a string, or a value has the wrong type (see
+      the schedule's constructor).
   """
-  if not isinstance(name, str) or name.lower() not in _FACTORIES:
+  if not isinstance(name, str):
+    raise TypeError(f'name must be a string, one of '
+                    f'{", ".join(SCHEDULE_NAMES)}; got {name!r}.')
+  if name.lower() not in _FACTORIES:
     raise ValueError(f'name must be one of {", ".join(SCHEDULE_NAMES)}; got '
                      f'{name!r}.')
   factory = _FACTORIES[name.lower()]

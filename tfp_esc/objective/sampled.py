@@ -38,10 +38,10 @@ Fields:
 
 def _check_inputs(x, model, posterior, num_samples):
   """Converts x `[N, D]` and checks it and num_samples; returns both."""
-  num_samples = int(num_samples)
-  if num_samples < 1:
-    raise ValueError(f'num_samples must be >= 1, got {num_samples}.')
+  num_samples = _checks.check_count(num_samples, 'num_samples')
   x = _checks.as_float_tensor(x, 'x', posterior.dtype, rank=2)
+  if x.shape[0] == 0 or x.shape[1] == 0:
+    raise ValueError(f'x is empty: shape {x.shape.as_list()}.')
   if not x.shape[-1:].is_compatible_with(model.dictionary.shape[:1]):
     raise ValueError(f'x has shape {x.shape.as_list()} but the dictionary has '
                      f'shape {model.dictionary.shape.as_list()}.')
