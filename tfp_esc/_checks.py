@@ -20,7 +20,9 @@ The rules, the same for every entry point:
     strings from a fixed list; another type is a TypeError, another string a
     ValueError that lists the valid names;
   * data (`check_data`) is a numeric `[N, D]` array with N, D >= 1 and no
-    NaN or inf; bool, complex, object or string arrays are a TypeError.
+    NaN or inf; bool, complex, object or string arrays are a TypeError;
+  * observation masks (`check_mask`) are bool or 0/1 arrays of the data's
+    shape (true = observed).
 """
 
 import numpy as np
@@ -33,6 +35,7 @@ __all__ = [
     'check_data',
     'check_finite',
     'check_flag',
+    'check_mask',
     'check_positive',
     'check_rank',
     'check_real',
@@ -251,3 +254,30 @@ def check_flag(value, name):
     raise TypeError(f'{name} must be True or False, got {value!r} '
                     f'({type(value).__name__}).')
   return bool(value)
+
+
+def check_mask(mask, shape, name='mask', like='x'):
+  """An observation mask as a NumPy bool array of `shape` (true = observed).
+
+  Args:
+    mask: None (everything observed) or a bool / 0-1 array.
+    shape: the shape it must have (that of the data).
+    name: argument name used in error messages.
+    like: name of the argument whose shape it must have.
+
+  Returns:
+    bool ndarray of `shape`.
+
+  Raises:
+    ValueError: another shape, or values other than 0 and 1.
+  """
+  if mask is None:
+    return np.ones(shape, bool)
+  mask = np.asarray(mask)
+  if mask.shape != tuple(shape):
+    raise ValueError(f'{name} has shape {mask.shape} but {like} has shape '
+                     f'{tuple(shape)}; they must be equal.')
+  if mask.dtype != bool and not np.all((mask == 0) | (mask == 1)):
+    raise ValueError(f'{name} must be boolean or hold only 0 and 1 '
+                     '(1 = observed).')
+  return mask.astype(bool)

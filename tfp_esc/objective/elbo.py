@@ -92,11 +92,7 @@ def _check_mask(mask, x):
   if mask is None:
     return None
   if not tf.is_tensor(mask):
-    values = np.asarray(mask)
-    if values.dtype != bool and not np.all((values == 0) | (values == 1)):
-      raise ValueError('mask must be boolean or hold only 0 and 1 '
-                       '(1 = observed).')
-    mask = values
+    mask = _checks.check_mask(mask, np.shape(mask))
   mask = tf.cast(mask, x.dtype)
   if not mask.shape.is_compatible_with(x.shape):
     raise ValueError(f'mask has shape {mask.shape.as_list()} but x has shape '

@@ -1,0 +1,142 @@
+"""Image restoration: patch bookkeeping exactly, learned noise, calibrated
+error bars and kept pixels on a small synthetic image, and bad input."""
+
+import numpy as np
+import pytest
+
+from tfp_esc import restoration
+
+
+def _scene(size=40, seed=0):
+  """A smooth image with edges in [0.1, 0.9]: sinusoids plus a square."""
+  rows, cols = np.mgrid[0:size, 0:size] / size
+  image = (0.5 + 0.2 * np.sin(6 * rows) * np.cos(4 * cols)
+           + 0.2 * ((np.abs(rows - 0.5) < 0.2) & (np.abs(cols - 0.4) < 0.25)))
+  return np.clip(image, 0.1, 0.9)
+
+
+def test_patches_round_trip_exactly():
+  image = np.random.default_rng(0).random((11, 9))
+  patches = restoration.image_to_patches(image, 4)
+  assert patches.shape == (8 * 6, 16)
+  np.testing.assert_array_equal(patches[0].reshape(4, 4), image[:4, :4])
+  np.testing.assert_array_equal(patches[7].reshape(4, 4), image[1:5, 1:5])
+  np.testing.assert_allclose(
+      restoration.combine_patches(patches, image.shape, 4), image,
+      rtol=0, atol=1e-15)
+
+
+def test_combining_averages_each_pixel_over_its_windows():
+  # Window k carries the value k: pixel (0, 0) sees only window 0, pixel
+  # (1, 1) the windows 0, 1, 3, 4 of a 4 x 4 image with 2 x 2 patches.
+  values = np.repeat(np.arange(9.0)[:, None], 4, 1)
+  combined = restoration.combine_patches(values, (4, 4), 2)
+  assert combined[0, 0] == 0.0
+  assert combined[1, 1] == np.mean([0, 1, 3, 4])
+  assert combined[3, 3] == 8.0
+
+
+def test_combined_posterior_is_the_mixture_of_the_windows():
+  rng = np.random.default_rng(5)
+  means, variances = rng.normal(size=(12, 9)), rng.uniform(0.1, 1, (12, 9))
+  mean, variance = restoration.combine_posteriors(means, variances, (6, 5), 3)
+  # Pixel (2, 2) lies in windows (r, c) with r in 0..2, c in 0..2 of the
+  # 4 x 3 grid of windows, at offset (2 - r, 2 - c) inside each.
+  mu = [means[r * 3 + c, (2 - r) * 3 + (2 - c)] for r in range(3)
+        for c in range(3)]
+  v = [variances[r * 3 + c, (2 - r) * 3 + (2 - c)] for r in range(3)
+       for c in range(3)]
+  np.testing.assert_allclose(mean[2, 2], np.mean(mu), rtol=1e-13)
+  np.testing.assert_allclose(variance[2, 2], np.mean(v) + np.var(mu),
+                             rtol=1e-13)
+
+
+def test_psnr_and_coverage():
+  clean = np.zeros((10, 10))
+  assert restoration.psnr(clean + 0.1, clean) == pytest.approx(20.0)
+  error = np.linspace(-3, 3, 100).reshape(10, 10)
+  coverage = restoration.interval_coverage(error, np.ones((10, 10)), clean)
+  assert coverage['overall'] == pytest.approx(np.mean(np.abs(error) <= 1.959964))
+
+
+@pytest.fixture(scope='module')
+def denoised():
+  clean = _scene()
+  noisy = clean + 0.1 * np.random.default_rng(1).standard_normal(clean.shape)
+  result = restoration.restore_image(noisy, patch_size=6, num_latents=6,
+                                     num_train_patches=1225, iterations=15)
+  return clean, noisy, result
+
+
+def test_blind_denoising_learns_the_noise_and_restores(denoised):
+  clean, noisy, result = denoised
+  assert result.noise_learned
+  assert abs(result.noise_std - 0.1) < 0.015, result.noise_std
+  gain = restoration.psnr(result.restored, clean) - restoration.psnr(noisy,
+                                                                     clean)
+  assert gain > 5.0, gain
+
+
+def test_a_given_noise_level_is_held():
+  clean = _scene(24)
+  noisy = clean + 0.05 * np.random.default_rng(4).standard_normal(clean.shape)
+  result = restoration.restore_image(noisy, noise_std=0.05, patch_size=4,
+                                     num_latents=4, iterations=3)
+  assert not result.noise_learned and result.noise_std == 0.05
+  # The centred patches carry (1 - 1/p^2) of each pixel's noise variance.
+  np.testing.assert_allclose(result.history['noise_variance'],
+                             0.05**2 * (1 - 1 / 16), rtol=1e-12)
+
+
+def test_denoising_error_bars_are_calibrated(denoised):
+  clean, _, result = denoised
+  coverage = restoration.interval_coverage(result.restored,
+                                           result.uncertainty, clean)
+  assert 0.85 <= coverage['overall'] <= 0.998, coverage
+  # Not calibrated by being vague: the typical error bar is the size of the
+  # typical error.
+  error = result.restored - clean
+  ratio = np.sqrt(np.mean(error**2) / np.mean(result.uncertainty**2))
+  assert 0.5 < ratio < 1.25, ratio
+  # Treating the overlapping estimates as independent (std / sqrt(k)) is
+  # what a naive combination does; it must not be calibrated.
+  naive = restoration.interval_coverage(result.restored,
+                                        result.uncertainty / 6, clean)
+  assert naive['overall'] < 0.6
+
+
+def test_inpainting_keeps_exact_pixels_and_fills_the_rest():
+  clean = _scene(seed=2)
+  observed = np.random.default_rng(3).random(clean.shape) >= 0.5
+  damaged = np.where(observed, clean, np.nan)
+  result = restoration.restore_image(damaged, observed=observed, noise_std=0,
+                                     patch_size=6, num_latents=9,
+                                     num_train_patches=1225, iterations=15)
+  np.testing.assert_array_equal(result.restored[observed], clean[observed])
+  assert np.all(result.uncertainty[observed] == 0)
+  missing = ~observed
+  mean_fill = np.mean(clean[observed])
+  error = np.sqrt(np.mean((result.restored - clean)[missing]**2))
+  assert error < 0.2 * np.sqrt(np.mean((mean_fill - clean)[missing]**2))
+  coverage = restoration.interval_coverage(result.restored,
+                                           result.uncertainty, clean, missing)
+  assert 0.8 <= coverage['overall'] <= 1.0, coverage
+
+
+@pytest.mark.parametrize('kwargs, error, message', [
+    (dict(image=np.zeros((4, 5, 3))), ValueError, 'grey 2-D'),
+    (dict(observed=np.ones((5, 5), bool)), ValueError, 'mask has shape'),
+    (dict(observed=np.zeros((20, 20), bool)), ValueError, 'every pixel'),
+    (dict(image=np.full((20, 20), 200.0)), ValueError, r'\[0, 1\]'),
+    (dict(image=np.full((20, 20), 0.5)), ValueError, 'constant'),
+    (dict(noise_std=-0.1), ValueError, 'noise_std'),
+    (dict(noise_std='0.1'), TypeError, 'noise_std'),
+    (dict(patch_size=30), ValueError, 'patch_size'),
+    (dict(num_latents=0), ValueError, 'num_latents'),
+    (dict(patch_size=4.0), TypeError, 'patch_size'),
+    (dict(image='photo.png'), TypeError, 'image'),
+])
+def test_bad_input_is_refused_before_work(kwargs, error, message):
+  kwargs = {'image': _scene(20), **kwargs}
+  with pytest.raises(error, match=message):
+    restoration.restore_image(**kwargs)
