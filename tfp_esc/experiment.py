@@ -33,7 +33,8 @@ from tfp_esc.objective.annealing import SCHEDULE_NAMES, get_schedule
 from tfp_esc.posterior.gaussian import FAMILIES
 
 __all__ = ['DTYPES', 'METHODS', 'POSTERIORS', 'BarsConfig', 'ConfigError',
-           'PatchesConfig', 'load_bars_data', 'train_bars', 'train_patches']
+           'PatchesConfig', 'RestorationConfig', 'load_bars_data',
+           'restore', 'train_bars', 'train_patches']
 
 # The choices of the configs' enumerated fields: the library's own lists.
 POSTERIORS = tuple(sorted(FAMILIES))
@@ -526,3 +527,129 @@ def _train_patches_amortized(config, x, workdir, checkpoint, resume):
                        if importlib.util.find_spec('tensorboard') else None),
       on_epoch_end=gini, verbose=0)
   return model.dictionary.numpy(), history
+
+
+@dataclasses.dataclass
+class RestorationConfig:
+  """Configuration of an image restoration (`tfp_esc.restoration`).
+
+  Attributes:
+    image: the damaged image: a .npy 2-D float array in [0, 1] or a
+      PNG/JPEG/TIFF/BMP file (read, converted to grey in [0, 1]).
+    mask: optional file of the image's shape (.npy or an image), nonzero
+      where a pixel is missing and must be filled (scikit-image's
+      convention).
+    noise_std: optional noise std of the observed pixels; default learned
+      (blind). 0: the observed pixels are exact and kept.
+    clean: optional clean image (same formats) for PSNR and calibration.
+    patch_size: patch side p.
+    num_latents: atoms H; default p^2 / 4.
+    num_train_patches: patches the dictionary is learned on.
+    iterations: masked-EM iterations.
+    e_step_iterations: E-step iterations of the final pass over every patch.
+    seed: seeds the patch subset.
+    dtype: 'float64' or 'float32'.
+  """
+  image: str | None = None
+  mask: str | None = None
+  noise_std: float | None = _field(None, low=0.0, low_open=False)
+  clean: str | None = None
+  patch_size: int = _field(8, minimum=2)
+  num_latents: int | None = _field(None, minimum=1)
+  num_train_patches: int = _field(8192, minimum=1)
+  iterations: int = _field(20, minimum=1)
+  e_step_iterations: int = _field(30, minimum=1)
+  seed: int = _field(0, minimum=0)
+  dtype: str = _field('float64', choices=DTYPES)
+
+  def validate(self):
+    """Checks every field; raises `ConfigError` naming the first bad one."""
+    _validate(self)
+
+
+def _load_restoration_inputs(config):
+  """(image, observed, clean) as arrays, checked before any work."""
+  from tfp_esc.data.images import load_image_file  # pylint: disable=g-import-not-at-top
+  image = load_image_file(config.image, 'image')
+  observed = None
+  if config.mask is not None:
+    missing = load_image_file(config.mask, 'mask')
+    if missing.shape != image.shape:
+      raise ConfigError('mask', f'mask has shape {missing.shape} but image '
+                        f'has shape {image.shape}; they must be equal.')
+    observed = np.asarray(missing) == 0
+  clean = None
+  if config.clean is not None:
+    clean = load_image_file(config.clean, 'clean').astype(np.float64)
+    if clean.shape != image.shape:
+      raise ConfigError('clean', f'clean has shape {clean.shape} but image '
+                        f'has shape {image.shape}; they must be equal.')
+  return image, observed, clean
+
+
+def restore(config, workdir):
+  """Restores `config.image`; writes arrays, PNGs, a figure and metrics.
+
+  Writes restored.npy / restored.png, uncertainty.npy / uncertainty.png
+  (posterior std of each clean pixel), restoration.png (input | restored |
+  uncertainty | error when `clean` is given) and metrics.json ('noise_std',
+  'noise_learned', 'seconds', 'elbo', and with `clean`: 'psnr',
+  'psnr_input', 'coverage_95' and its halves by uncertainty).
+
+  Raises:
+    ConfigError: a bad field or input file (named), before any work.
+  """
+  from skimage import io  # pylint: disable=g-import-not-at-top
+  from tfp_esc import restoration  # pylint: disable=g-import-not-at-top
+  config.validate()
+  if config.image is None:
+    raise ConfigError('image', 'image must be set: the damaged image file.')
+  image, observed, clean = _load_restoration_inputs(config)
+  os.makedirs(workdir, exist_ok=True)
+  result = restoration.restore_image(
+      image, observed=observed, noise_std=config.noise_std,
+      patch_size=config.patch_size, num_latents=config.num_latents,
+      num_train_patches=config.num_train_patches,
+      iterations=config.iterations,
+      e_step_iterations=config.e_step_iterations, seed=config.seed,
+      dtype=config.dtype, progress=True)
+  metrics_ = {'noise_std': result.noise_std,
+              'noise_learned': result.noise_learned,
+              'model_noise_std': result.model_noise_std,
+              'seconds': result.seconds,
+              'elbo': result.history['elbo'][-1],
+              'num_latents': int(result.dictionary.shape[1]),
+              'config': dataclasses.asdict(config)}
+  shown = np.where(observed, image, np.nan) if observed is not None else image
+  panels = {'input': np.nan_to_num(shown, nan=0.0),
+            'restored': result.restored,
+            'uncertainty (std)': result.uncertainty}
+  if clean is not None:
+    pixels = None if observed is None else ~observed
+    coverage = restoration.interval_coverage(result.restored,
+                                             result.uncertainty, clean,
+                                             pixels)
+    metrics_.update(
+        psnr=restoration.psnr(result.restored, clean),
+        psnr_input=(restoration.psnr(image, clean) if observed is None
+                    else None),
+        coverage_95=coverage['overall'],
+        coverage_95_low_uncertainty=coverage['low_half'],
+        coverage_95_high_uncertainty=coverage['high_half'],
+        coverage_pixels='all' if observed is None else 'missing')
+    panels['error |restored - clean|'] = result.restored - clean
+  for name, array in (('restored', result.restored),
+                      ('uncertainty', result.uncertainty)):
+    artifacts.save_npy(os.path.join(workdir, f'{name}.npy'), array)
+  top = float(np.max(result.uncertainty)) or 1.0
+  for name, array in (('restored', np.clip(result.restored, 0, 1)),
+                      ('uncertainty', result.uncertainty / top)):
+    with artifacts.atomic_path(os.path.join(workdir, f'{name}.png')) as tmp:
+      io.imsave(tmp, (255 * array).round().astype(np.uint8),
+                check_contrast=False)
+  plots.plot_restoration(panels, os.path.join(workdir, 'restoration.png'),
+                         title=f'noise std {result.noise_std:.4f} '
+                         f'({"learned" if result.noise_learned else "given"})')
+  artifacts.save_json(os.path.join(workdir, 'metrics.json'), metrics_)
+  logging.info('Wrote %s', workdir)
+  return metrics_

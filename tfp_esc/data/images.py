@@ -31,6 +31,7 @@ __all__ = [
     'IMAGE_SUFFIXES',
     'default_images',
     'load_array_file',
+    'load_image_file',
     'load_image_folder',
     'load_images',
     'load_images_mat',
@@ -284,6 +285,51 @@ def _to_grey(img: np.ndarray, name: str) -> np.ndarray:
             f'grey [rows, cols] or RGB/RGBA [rows, cols, 3|4]; multi-page '
             f'files are not supported)')
     return np.ascontiguousarray(grey, dtype=np.float64)
+
+
+def load_image_file(path: PathLike, name: str = 'image') -> np.ndarray:
+    """Loads one grey image: a ``.npy`` 2-D array or a PNG/JPEG/TIFF/BMP file.
+
+    Image files are converted as by :func:`load_image_folder` (colour to grey,
+    integers scaled to [0, 1]); a ``.npy`` array is kept as stored.
+
+    Args:
+      path: the file.
+      name: what the file is, for error messages (e.g. ``'--mask'``).
+
+    Returns:
+      2-D array ``[rows, cols]`` (float64 for image files).
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      ValueError: an unknown suffix, an undecodable file or a ``.npy`` that is
+        not 2-D (the message names the file).
+    """
+    from skimage import io
+
+    file = _as_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f'{name} file {str(file)!r} does not exist')
+    suffix = file.suffix.lower()
+    if suffix == '.npy':
+        try:
+            array = np.load(file, allow_pickle=False)
+        except Exception as e:
+            raise ValueError(f'{name} file {str(file)!r} is not a readable '
+                             f'.npy array ({e})') from None
+        if array.ndim != 2:
+            raise ValueError(f'{name} file {str(file)!r} must hold a 2-D '
+                             f'array [rows, cols], got shape {array.shape}')
+        return array
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f'{name} file {str(file)!r} must be .npy or one of '
+                         f'{", ".join(IMAGE_SUFFIXES)}')
+    try:
+        raw = io.imread(str(file))
+    except Exception as e:
+        raise ValueError(f'{name} file {str(file)!r} cannot be read as an '
+                         f'image ({e})') from None
+    return _to_grey(raw, str(file))
 
 
 def load_image_folder(path: PathLike) -> list[np.ndarray]:

@@ -28,6 +28,7 @@ __all__ = [
   'plot_dictionary_comparison',
   'plot_elbo_vs_seconds',
   'plot_gini',
+  'plot_restoration',
   'plot_training_curves',
 ]
 
@@ -451,6 +452,38 @@ def plot_elbo_vs_seconds(traces, path=None, title=None):
   ax.set_title('ELBO $\\mathcal{F}$ (full data) vs. training time')
   ax.legend()
   ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def plot_restoration(panels, path=None, title=None):
+  """Images side by side, e.g. input | restored | uncertainty | error.
+
+  Args:
+    panels: dict of title -> `[rows, cols]` array. Titles containing
+      'uncertainty' or 'error' are drawn with a colour bar on their own
+      scale (absolute values for errors); the others as grey images in
+      [0, 1].
+    path: optional PNG path.
+    title: optional figure title.
+
+  Returns:
+    The matplotlib Figure.
+  """
+  fig = matplotlib.figure.Figure(figsize=(3.2 * len(panels), 3.4))
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  for ax, (name, image) in zip(axes, panels.items()):
+    image = np.asarray(image, np.float64)
+    if 'uncertainty' in name or 'error' in name:
+      shown = np.abs(image)
+      top = float(np.quantile(shown, 0.99)) or 1.0
+      im = ax.imshow(shown, cmap='magma', vmin=0.0, vmax=top)
+      fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    else:
+      ax.imshow(image, cmap='gray', vmin=0.0, vmax=1.0)
+    ax.set_title(name)
+    ax.set_axis_off()
   if title:
     fig.suptitle(title)
   return _save(fig, path)
