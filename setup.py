@@ -42,5 +42,7 @@ setuptools.setup(
         'baselines': [],
         # TF 2.21 no longer installs TensorBoard; only its callback needs it.
         'tensorboard': ['tensorboard>=2.20'],
+        # benchmarks/restoration.py: the BM3D anchor (skimage is core).
+        'benchmarks': ['bm3d>=4.0'],
     },
 )
