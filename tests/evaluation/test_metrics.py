@@ -262,7 +262,8 @@ def test_bars_recovery_errors(true, learned, match):
 
 @pytest.mark.parametrize('threshold', [0.0, 1.5, -0.1])
 def test_bad_threshold(threshold):
-  with pytest.raises(ValueError, match=r'threshold must be in \(0, 1\]'):
+  with pytest.raises(ValueError,
+                     match=r'threshold must be a finite number in \(0, 1\]'):
     metrics.bars_recovery(np.eye(3), np.eye(3), threshold=threshold)
 
 

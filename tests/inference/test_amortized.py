@@ -48,8 +48,8 @@ def test_training_raises_the_full_data_elbo(x, family):
   model, history = fit_amortized(x, 10, family=family, rank=2, epochs=4,
                                  learning_rate=1e-2, **SMALL)
   # Untrained start (same seed, zero epochs) for comparison.
-  start, _ = fit_amortized(x, 10, family=family, rank=2, epochs=0,
-                           learning_rate=1e-2, **SMALL)
+  start = make_amortized_model(x, 10, posterior=family, rank=2,
+                               learning_rate=1e-2, hidden_units=32)
   before = evaluate_amortized(start, x)['elbo']
   assert history['elbo'][-1] > before + 2.0, (before, history['elbo'])
   np.testing.assert_allclose(np.linalg.norm(model.dictionary, axis=0), 1,
@@ -108,11 +108,13 @@ def test_bad_input_raises(x):
   bad[1, 1] = np.inf
   with pytest.raises(ValueError, match='x holds 1 NaN or inf'):
     fit_amortized(bad, 10, **SMALL)
-  with pytest.raises(ValueError, match='batch_size must be in'):
+  with pytest.raises(ValueError, match='batch_size must be an integer in'):
     fit_amortized(x, 10, epochs=1, hidden_units=8, batch_size=1000)
-  with pytest.raises(ValueError, match='posterior family must be one of'):
+  with pytest.raises(ValueError, match='posterior must be one of'):
     fit_amortized(x, 10, family='spherical', **SMALL)
-  model, _ = fit_amortized(x, 10, epochs=0, **SMALL)
+  with pytest.raises(ValueError, match='epochs must be an integer >= 1'):
+    fit_amortized(x, 10, epochs=0, **SMALL)
+  model = make_amortized_model(x, 10, hidden_units=32)
   with pytest.raises(ValueError, match='their D differ'):
     entropy_elbo(x[:, :24], model.dictionary, model.posterior(x))
 
@@ -194,12 +196,17 @@ def test_sampled_training_raises_the_analytic_elbo(x):
   options = dict(SMALL, family='diagonal', objective='sampled',
                  num_samples=2, learning_rate=1e-2)
   model, history = fit_amortized(x, 10, epochs=4, **options)
-  start, _ = fit_amortized(x, 10, epochs=0, **options)
+  start = make_amortized_model(x, 10, posterior='diagonal',
+                               objective='sampled', num_samples=2,
+                               learning_rate=1e-2, hidden_units=32)
   before = evaluate_amortized(start, x)['elbo']
   assert history['elbo'][-1] > before + 2.0, (before, history['elbo'])
   np.testing.assert_allclose(float(start.noise_variance),
                              np.var(x, axis=0).mean(), rtol=1e-5)
-  np.testing.assert_allclose(start.scales, 1.0, rtol=1e-5)
+  # lambda starts at 1 in units of the data scale (its root mean square).
+  np.testing.assert_allclose(start.scales, start.data_scale, rtol=1e-5)
+  np.testing.assert_allclose(start.data_scale, np.sqrt(np.mean(x**2)),
+                             rtol=1e-6)
   logs = model.test_on_batch(x[:64], return_dict=True)
   assert set(logs) == {'elbo', 'objective', 'q_entropy', 'prior_entropy',
                        'likelihood_entropy', 'sigma2', 'learned_sigma2'}
@@ -231,16 +238,23 @@ def test_sampled_step_compiles_with_xla_and_draws_new_samples(x):
 def test_bad_objective_arguments_raise(x):
   with pytest.raises(ValueError, match='objective must be one of'):
     fit_amortized(x, 10, objective='monte_carlo', **SMALL)
-  for bad in (0, -1, 2.5, True):
-    with pytest.raises(ValueError, match='num_samples must be an integer'):
+  for bad, error in ((0, ValueError), (-1, ValueError), (2.5, TypeError),
+                     (True, TypeError)):  # counts are integers, not bools
+    with pytest.raises(error, match='num_samples must be an integer'):
       make_amortized_model(x, 10, objective='sampled', num_samples=bad,
                            **TINY)
   with pytest.raises(ValueError, match='annealing applies to the analytic'):
     fit_amortized(x, 10, objective='sampled',
                   schedule=get_schedule('prior_linear'), **SMALL)
-  with pytest.raises(ValueError, match='too small to start'):
+  with pytest.raises(ValueError, match='x has no variation'):
     make_amortized_model(np.ones((8, 25), np.float32), 10,
                          objective='sampled', **TINY)
+  # Rows that differ by 1e-5 of their size: a variance of 1e-10 times the
+  # mean square, below the learned noise variance's floor.
+  nearly_constant = 1.0 + 1e-5 * np.random.default_rng(0).standard_normal(
+      (8, 25))
+  with pytest.raises(ValueError, match='too small to start'):
+    make_amortized_model(nearly_constant, 10, objective='sampled', **TINY)
   model = make_amortized_model(x, 10, **TINY)
   with pytest.raises(ValueError, match="learned only with objective='sampled'"):
     _ = model.scales

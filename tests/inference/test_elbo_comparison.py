@@ -57,7 +57,7 @@ def test_compare_elbos_bad_arguments(x):
     compare_elbos(x, 10, seconds=0.0)
   with pytest.raises(ValueError, match='batch_size must be in'):
     compare_elbos(x, 10, batch_size=500)
-  with pytest.raises(ValueError, match='posterior family must be one of'):
+  with pytest.raises(ValueError, match='posterior must be one of'):
     compare_elbos(x, 10, family='spherical', seconds=1.0, **TINY)
 
 

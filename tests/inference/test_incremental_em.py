@@ -27,8 +27,8 @@ def x():
 
 def _independent_elbo(trainer):
   """F of the stored posteriors computed by `entropy_elbo`, not the sums."""
-  return float(entropy_elbo(trainer.x, trainer.dictionary,
-                            trainer.posterior()).elbo)
+  x = trainer.x * trainer.data_scale  # x's units, as posterior() is
+  return float(entropy_elbo(x, trainer.dictionary, trainer.posterior()).elbo)
 
 
 def _elbo_from_sums(trainer):
@@ -190,18 +190,18 @@ def test_checkpoint_errors_name_the_file(x, tmp_path):
     IncrementalEMTrainer(x, 10, **OPTIONS).restore(paper)
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    ({'batch_size': 0}, 'batch_size'),
-    ({'batch_size': 2.5}, 'batch_size'),
-    ({'e_step_iterations': 0}, 'e_step_iterations'),
-    ({'refine_iterations': -1}, 'refine_iterations'),
-    ({'num_latents': 0}, 'num_latents'),
-    ({'init_dictionary': np.zeros((25, 10))}, 'zero column'),
-    ({'init_dictionary': np.ones((24, 10))}, 'init_dictionary'),
+@pytest.mark.parametrize('kwargs,match,error', [
+    ({'batch_size': 0}, 'batch_size', ValueError),
+    ({'batch_size': 2.5}, 'batch_size', TypeError),  # counts are integers
+    ({'e_step_iterations': 0}, 'e_step_iterations', ValueError),
+    ({'refine_iterations': -1}, 'refine_iterations', ValueError),
+    ({'num_latents': 0}, 'num_latents', ValueError),
+    ({'init_dictionary': np.zeros((25, 10))}, 'zero column', ValueError),
+    ({'init_dictionary': np.ones((24, 10))}, 'init_dictionary', ValueError),
 ])
-def test_bad_arguments_fail_before_any_work(x, kwargs, match):
+def test_bad_arguments_fail_before_any_work(x, kwargs, match, error):
   kwargs = dict({'num_latents': 10}, **kwargs)
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(error, match=match):
     IncrementalEMTrainer(x, **kwargs)
 
 

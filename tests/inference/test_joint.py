@@ -104,9 +104,9 @@ def test_bad_inputs_raise_before_work(bars):
     fit_joint(bars.x, init_dictionary=np.ones((24, 10)))
   with pytest.raises(ValueError, match='num_latents or init_dictionary'):
     fit_joint(bars.x)
-  with pytest.raises(ValueError, match='posterior family must be one of'):
+  with pytest.raises(ValueError, match='posterior must be one of'):
     fit_joint(bars.x, 10, posterior='spherical')
-  with pytest.raises(ValueError, match='rank must be a positive int'):
+  with pytest.raises(ValueError, match="rank: posterior='lowrank' needs a rank"):
     fit_joint(bars.x, 10, posterior='lowrank')
   with pytest.raises(ValueError, match='x must have rank 2'):
     fit_joint(bars.x[0], 10)

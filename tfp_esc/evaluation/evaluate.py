@@ -16,9 +16,11 @@ import numpy as np
 
 from tfp_esc import _checks
 from tfp_esc.evaluation.metrics import posterior_gini
+from tfp_esc.inference._training import data_scale
 from tfp_esc.inference.joint import fit_joint
 from tfp_esc.model.sparse_coding import SparseCodingModel
 from tfp_esc.objective.sampled import importance_weighted_bound
+from tfp_esc.posterior.gaussian import FAMILIES
 
 __all__ = ['evaluate_dictionary', 'evaluate_heldout']
 
@@ -50,7 +52,10 @@ def evaluate_dictionary(x, dictionary, *, posterior='diagonal', rank=2,
     'converged'.
 
   Raises:
-    ValueError: mismatched D (both shapes printed), a zero column, NaN/inf.
+    TypeError: an argument of the wrong type (see `tfp_esc._checks`).
+    ValueError: mismatched D (both shapes printed), a zero column, NaN/inf
+      or empty data, data whose rows are all the same (F is unbounded
+      there), counts out of range; all before any work.
   """
   return _evaluate(x, dictionary, None, None, posterior=posterior, rank=rank,
                    num_iw_samples=num_iw_samples, gini_samples=gini_samples,
@@ -98,10 +103,16 @@ def evaluate_heldout(x, dictionary, scales, noise_variance, *,
     log p(x | W, lambda, sigma^2) with the fitted q as proposal, or None),
     'converged'.
 
+  Any finite data can be scored (also a single point or all zeros: with
+  lambda and sigma^2 frozen L is bounded). Scaling x by c, with scales by c
+  and noise_variance by c^2, moves 'elbo' by -D log c and leaves the fit
+  otherwise the same (the fit works in units of sqrt(noise_variance)).
+
   Raises:
-    ValueError: mismatched D (both shapes printed), a zero column, NaN/inf;
-      scales not `[H]` or noise_variance not a scalar (shapes printed);
-      scales or noise_variance not positive and finite.
+    TypeError: an argument of the wrong type (see `tfp_esc._checks`).
+    ValueError: mismatched D (both shapes printed), a zero column, NaN/inf
+      or empty data; scales not `[H]` or noise_variance not a scalar (shapes
+      printed); scales or noise_variance not positive and finite.
   """
   return _evaluate(x, dictionary, scales, noise_variance,
                    posterior=posterior, rank=rank,
@@ -115,29 +126,36 @@ def _evaluate(x, dictionary, scales, noise_variance, *, posterior, rank,
               num_iw_samples, gini_samples, seed, max_calls, max_iterations,
               log_every, jit_compile):
   """Both evaluations: F (scales, noise_variance None) or L at them."""
-  x = np.asarray(x)
-  dictionary = np.asarray(dictionary, dtype=x.dtype if x.dtype in (
-      np.float32, np.float64) else np.float64)
-  if x.ndim != 2 or dictionary.ndim != 2:
-    raise ValueError(f'x must be [N, D] and dictionary [D, H]; got shapes '
-                     f'{x.shape} and {dictionary.shape}.')
+  # Every argument checked before any work (`tfp_esc._checks`); fit_joint
+  # checks the rest of its own.
+  x = _checks.check_data(x, 'x')
+  dictionary = _checks.check_data(dictionary, 'dictionary').astype(x.dtype)
   if x.shape[1] != dictionary.shape[0]:
     raise ValueError(f'x has shape {x.shape} but dictionary has shape '
                      f'{dictionary.shape}: their D differ.')
-  _checks.check_finite(dictionary, 'dictionary')
   norms = np.linalg.norm(dictionary, axis=0)
   if np.any(norms == 0):
     raise ValueError(f'dictionary has zero columns at '
                      f'{np.flatnonzero(norms == 0).tolist()}.')
-  if scales is not None:
-    scales = np.asarray(scales, dtype=dictionary.dtype)
+  _checks.check_choice(posterior, 'posterior', FAMILIES)
+  _checks.check_count(num_iw_samples, 'num_iw_samples', 0)
+  _checks.check_count(gini_samples, 'gini_samples')
+  _checks.check_count(seed, 'seed', 0)
+  if scales is None and noise_variance is None:
+    data_scale(x)  # F needs data with variation (refused here, not later)
+  elif scales is not None:
+    scales = np.asarray(scales)
+    if scales.dtype.kind not in 'fiu':
+      raise TypeError(f'scales must be a real array, got dtype '
+                      f'{scales.dtype}.')
+    scales = scales.astype(dictionary.dtype)
     if scales.shape != norms.shape:
       raise ValueError(f'scales must have shape [H] = {list(norms.shape)} '
                        f'for dictionary of shape {dictionary.shape}, got '
                        f'shape {scales.shape}.')
     _checks.check_positive(scales, 'scales')
     scales = scales * norms  # lambda of the unit-norm model
-  fit = fit_joint(x.astype(dictionary.dtype), init_dictionary=dictionary,
+  fit = fit_joint(x, init_dictionary=dictionary,
                   train_dictionary=False, posterior=posterior, rank=rank,
                   max_calls=max_calls, max_iterations=max_iterations,
                   seed=seed, log_every=log_every, jit_compile=jit_compile,
@@ -146,7 +164,7 @@ def _evaluate(x, dictionary, scales, noise_variance, *, posterior, rank,
   bound = None
   if num_iw_samples:
     model = SparseCodingModel(fit.dictionary, fit.scales, fit.noise_variance)
-    iw = importance_weighted_bound(x.astype(dictionary.dtype), model,
+    iw = importance_weighted_bound(x, model,
                                    fit.posterior, num_iw_samples, seed=seed)
     bound = {'mean': float(iw.mean), 'stderr': float(iw.stderr),
              'num_samples': int(num_iw_samples)}

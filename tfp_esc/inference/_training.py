@@ -7,13 +7,16 @@ Jacobian, F(c x) = F(x) - D log c. The optimisers are not: posterior-scale
 floors, initial scales, step sizes and the L-BFGS geometry are absolute
 numbers. So every entry point (`fit_joint`, both `fit_em` engines,
 `fit_amortized`, the evaluations) divides its data by one number,
-`data_scale(x)`, the root mean square of x rounded to a power of two, works
-on x / s, and maps what it reports back to x's units with `to_data_units`
-and `scale_posterior`: the dictionary unchanged, means, standard deviations
-and scales times s, noise variances times s^2, ELBOs minus D log s.
-A power of two makes the division exact in floating point, so training on
-2^k x repeats training on x bit for bit (below the float's range limits),
-and any other c changes the inputs by one rounding only.
+`data_scale(x)`, the root mean square of x, works on x / s, and maps what it
+reports back to x's units with `to_data_units` and `scale_posterior`: the
+dictionary unchanged, means, standard deviations and scales times s, noise
+variances times s^2, ELBOs minus D log s. Training on 2^k x repeats training
+on x bit for bit (scaling by a power of two is exact in floating point,
+within the float's range); for any other c, c x / s differs from x / s by a
+rounding of each entry, so results agree as closely as the optimiser's
+sensitivity to one rounding of its input allows (measured in the tests).
+(A power-of-two s would not be better: for c = 10^6, x / s would then be x
+times c / 2^20 = 0.95, a genuinely different input to the optimiser.)
 (Relative floors alone would not do: the joint L-BFGS mixes scale-free
 dictionary parameters with means in data units, and an encoder network sees
 raw inputs; neither is equivariant without normalising the data.)
@@ -81,8 +84,7 @@ def data_scale(x, name='x'):
     name: argument name used in error messages.
 
   Returns:
-    float, a power of two within a factor sqrt(2) of the root mean square of
-    x.
+    float, the root mean square of x (computed in float64).
 
   Raises:
     ValueError: every row of x is the same (all zeros, constant data, or a
@@ -114,7 +116,8 @@ def _log_shift(key, values, num_observed, num_latents):
   if key in ('objective', 'batch_objective'):
     # F_a = a_q H[q] - a_prior H[prior] - a_lik H[lik] (or the
     # cross-entropies, which move alike).
-    a_q, a_prior, a_lik = (np.asarray(values.get(k, 1.0), np.float64)
+    # Floats, arrays or (in a tf.function) tensors alike.
+    a_q, a_prior, a_lik = (values.get(k, 1.0)
                            for k in ('a_q', 'a_prior', 'a_lik'))
     return (a_q - a_prior) * num_latents - a_lik * num_observed
   return None
@@ -155,15 +158,21 @@ def to_data_units(values, scale, num_observed, num_latents):
     else:
       out[key] = value
       continue
-    if np.ndim(offset) == 0 and offset is not None:
+    if isinstance(offset, (int, float, np.number)):
       offset = float(offset)  # a Python float adds to tensors of any dtype
     if isinstance(value, list):
       array = np.asarray(value, np.float64)
       out[key] = (array * factor if factor else array + offset).tolist()
     elif isinstance(value, (float, int, np.floating)):
-      out[key] = float(value * factor if factor else value + offset)
-    else:
+      # In float64: a float32 value plus D log s would round the shift.
+      value = float(value)
       out[key] = value * factor if factor else value + offset
+    elif factor:
+      out[key] = value * factor
+    elif isinstance(value, np.ndarray):
+      out[key] = np.asarray(value, np.float64) + offset  # (as above)
+    else:
+      out[key] = value + offset
   return out
 
 

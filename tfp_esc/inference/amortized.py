@@ -37,11 +37,14 @@ from absl import logging
 
 from tfp_esc import _checks
 from tfp_esc.inference import _checkpoint
+from tfp_esc.inference._training import (check_schedule, data_scale,
+                                         scale_posterior, to_data_units)
 from tfp_esc.model.sparse_coding import SparseCodingModel, normalize_columns
 from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective import sampled as sampled_lib
 from tfp_esc.objective.annealing import NoAnnealing
 from tfp_esc.posterior.encoders import make_encoder, posterior_from_outputs
+from tfp_esc.posterior.gaussian import FAMILIES
 
 __all__ = ['OBJECTIVES', 'AmortizedSparseCoding', 'AnnealingCallback',
            'CheckpointCallback', 'batch_order', 'evaluate_amortized',
@@ -58,18 +61,36 @@ _SAMPLED_TERMS = ('learned_sigma2',)
 # + floor, as for the posterior scales.
 _SCALE_FLOOR = 1e-3
 _NOISE_FLOOR = 1e-6
+# Largest accepted Adam learning rate: Adam moves every weight by about the
+# learning rate per step, and the dictionary's columns have unit norm, so a
+# rate above 1 no longer takes steps smaller than the weights themselves.
+MAX_LEARNING_RATE = 1.0
 
 
 def _check_objective(objective, num_samples):
-  """Returns (objective, int num_samples) or raises ValueError."""
-  if objective not in OBJECTIVES:
-    raise ValueError(f'objective must be one of {list(OBJECTIVES)}, got '
-                     f'{objective!r}.')
-  if (isinstance(num_samples, bool) or not np.isscalar(num_samples)
-      or not float(num_samples).is_integer() or int(num_samples) < 1):
-    raise ValueError(f'num_samples must be an integer >= 1, got '
-                     f'{num_samples!r}.')
-  return objective, int(num_samples)
+  """Returns (objective, int num_samples) or raises (`_checks` rules)."""
+  return (_checks.check_choice(objective, 'objective', OBJECTIVES),
+          _checks.check_count(num_samples, 'num_samples'))
+
+
+def _check_model_args(x, num_latents, posterior, rank, learning_rate, seed,
+                      hidden_units, num_blocks, objective, num_samples,
+                      jit_compile):
+  """Checks `make_amortized_model`'s arguments; returns x as NumPy."""
+  x = _checks.check_data(x, 'x')
+  num_latents = _checks.check_count(num_latents, 'num_latents')
+  _checks.check_choice(posterior, 'posterior', FAMILIES)
+  if posterior == 'lowrank':
+    _checks.check_count(rank, 'rank', 1, num_latents)
+  _checks.check_real(learning_rate, 'learning_rate', 0.0, MAX_LEARNING_RATE)
+  _checks.check_count(seed, 'seed', 0)
+  _checks.check_count(hidden_units, 'hidden_units')
+  _checks.check_count(num_blocks, 'num_blocks', 0)
+  _check_objective(objective, num_samples)
+  if not (isinstance(jit_compile, bool) or jit_compile == 'auto'):
+    raise TypeError(f"jit_compile must be True, False or 'auto', got "
+                    f'{jit_compile!r}.')
+  return x
 
 
 def _inverse_softplus(value, floor, name):
@@ -95,9 +116,16 @@ class AmortizedSparseCoding(keras.Model):
     num_samples: S >= 1, reparameterised samples per data point and step
       (sampled objective only).
     sample_seed: base of the stateless sampling seeds (default `seed`).
-    initial_scale: initial learned lambda_h (sampled objective only).
-    initial_noise_variance: initial learned sigma^2 (sampled objective only;
-      e.g. the data variance).
+    initial_scale: initial learned lambda_h in x's units (sampled objective
+      only); default `data_scale`.
+    initial_noise_variance: initial learned sigma^2 in x's units (sampled
+      objective only; e.g. the data variance); default `data_scale`^2.
+    data_scale: s > 0. The model works on x / s (`tfp_esc.inference.
+      _training`): the encoder sees x / s, the floors of the learned lambda
+      and sigma^2 are in units of s and s^2, and what it reports
+      (`posterior`, `terms`, `scales`, `noise_variance`, metrics) is mapped
+      back to x's units. `make_amortized_model` sets it to the data's root
+      mean square, which makes training equivariant under scaling x.
 
   Raises:
     ValueError: an unknown objective, num_samples < 1, or a non-positive
@@ -106,8 +134,15 @@ class AmortizedSparseCoding(keras.Model):
 
   def __init__(self, encoder, num_observed, num_latents, family, seed=0,
                objective='analytic', num_samples=1, sample_seed=None,
-               initial_scale=1.0, initial_noise_variance=1.0, **kwargs):
+               initial_scale=None, initial_noise_variance=None,
+               data_scale=1.0, **kwargs):
     super().__init__(**kwargs)
+    self.data_scale = _checks.check_real(data_scale, 'data_scale', 0.0)
+    initial_scale = (1.0 if initial_scale is None
+                     else initial_scale / self.data_scale)
+    initial_noise_variance = (
+        1.0 if initial_noise_variance is None
+        else initial_noise_variance / self.data_scale**2)
     self.objective, self.num_samples = _check_objective(objective,
                                                         num_samples)
     self.encoder = encoder
@@ -163,23 +198,41 @@ class AmortizedSparseCoding(keras.Model):
   @property
   def scales(self):
     """`[H]` learned lambda (sampled objective only; else ValueError)."""
-    return self._learned('scales')
+    return self._learned('scales') * self.data_scale
 
   @property
   def noise_variance(self):
     """`[]` learned sigma^2 (sampled objective only; else ValueError)."""
-    return self._learned('noise_variance')
+    return self._learned('noise_variance') * self.data_scale**2
 
   def posterior(self, x):
-    """q(z | x) for x `[B, D]`: a `GaussianPosterior`."""
+    """q(z | x) for x `[B, D]`: a `GaussianPosterior` in x's units."""
+    return scale_posterior(self._posterior(self._normalise(x)),
+                           self.data_scale)
+
+  def _normalise(self, x):
+    return x / tf.constant(self.data_scale, x.dtype)
+
+  def _posterior(self, x):
+    # q(z | x) for normalised x, in its units.
     return posterior_from_outputs(self.encoder(x), self.family)
 
+  def _to_data_units(self, values):
+    a = tf.unstack(tf.convert_to_tensor(self.coefficients))
+    values = to_data_units(dict(values, a_q=a[0], a_prior=a[1], a_lik=a[2]),
+                           self.data_scale, *self.v.shape)
+    return {k: values[k] for k in values if k not in ('a_q', 'a_prior',
+                                                       'a_lik')}
+
   def call(self, x):
-    return self.encoder(x)
+    return self.encoder(self._normalise(x))
 
   def terms(self, x):
     """`EntropyElbo` of the batch x `[B, D]` at the current coefficients."""
-    return self._terms(x, self.posterior(x))
+    x = self._normalise(x)
+    terms = self._terms(x, self._posterior(x))
+    values = self._to_data_units(terms._asdict())
+    return elbo_lib.EntropyElbo(*(values[k] for k in terms._fields))
 
   def _terms(self, x, posterior):
     a = tf.convert_to_tensor(self.coefficients)
@@ -210,20 +263,24 @@ class AmortizedSparseCoding(keras.Model):
       'objective' is `objective`; 'sigma2' is sigma^2* of the batch; the
       sampled objective adds 'learned_sigma2').
     """
-    posterior = self.posterior(x)
+    # Computed on x / s, reported in x's units (a constant shift, so the
+    # gradients are those of the normalised objective).
+    x = self._normalise(x)
+    posterior = self._posterior(x)
     terms = self._terms(x, posterior)
     values = dict(zip(_TERMS, (terms.elbo, terms.objective, terms.q_entropy,
                                terms.prior_entropy, terms.likelihood_entropy,
                                terms.noise_variance)))
-    if self.objective == 'analytic':
-      return terms.objective, values
-    noise_variance = self.noise_variance
-    model = SparseCodingModel(self.dictionary, self.scales, noise_variance,
-                              validate=False)
-    estimate = sampled_lib.sampled_elbo(x, model, posterior, self.num_samples,
-                                        _checks.stateless_seed(seed))
-    values.update(objective=estimate.mean, learned_sigma2=noise_variance)
-    return estimate.mean, values
+    if self.objective == 'sampled':
+      noise_variance = self._learned('noise_variance')
+      model = SparseCodingModel(self.dictionary, self._learned('scales'),
+                                noise_variance, validate=False)
+      estimate = sampled_lib.sampled_elbo(x, model, posterior,
+                                          self.num_samples,
+                                          _checks.stateless_seed(seed))
+      values.update(objective=estimate.mean, learned_sigma2=noise_variance)
+    values = self._to_data_units(values)
+    return values['objective'], values
 
   def _update(self, values):
     for k, v in values.items():
@@ -296,17 +353,19 @@ def evaluate_amortized(model, x, batch_size=512):
     'sigma2' (floats), 'scales' (list).
   """
   x = _checks.as_float_tensor(x, 'x', model.v.dtype, rank=2)
+  x = model._normalise(x)  # pylint: disable=protected-access
   total = None
   for start in range(0, int(x.shape[0]), int(batch_size)):
     xb = x[start:start + batch_size]
-    stats = elbo_lib.elbo_statistics(xb, model.dictionary, model.posterior(xb))
+    stats = elbo_lib.elbo_statistics(
+        xb, model.dictionary, model._posterior(xb))  # pylint: disable=protected-access
     total = stats if total is None else elbo_lib.add_statistics(total, stats)
   terms = elbo_lib.entropy_elbo_from_statistics(total, x.shape[1])
   values = {k: float(getattr(terms, k)) for k in (
       'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')}
   values['sigma2'] = float(terms.noise_variance)
   values['scales'] = terms.scales.numpy().tolist()
-  return values
+  return to_data_units(values, model.data_scale, *model.v.shape)
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -426,7 +485,7 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
     num_latents: H.
     posterior: the posterior family, 'diagonal', 'lowrank' or 'full'.
     rank: R of the low-rank family.
-    learning_rate: Adam learning rate.
+    learning_rate: Adam learning rate, in (0, `MAX_LEARNING_RATE`] = (0, 1].
     seed: seeds the weights and the Monte-Carlo samples.
     hidden_units, num_blocks: encoder size.
     objective: 'analytic' or 'sampled'.
@@ -443,24 +502,28 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
       num_samples < 1, constant data with the sampled objective.
   """
   posterior = _posterior_name(posterior, family)
-  x = _checks.as_float_tensor(x, 'x', rank=2)
-  _checks.check_finite(x, 'x')
-  objective, num_samples = _check_objective(objective, num_samples)
+  x = _check_model_args(x, num_latents, posterior, rank, learning_rate, seed,
+                        hidden_units, num_blocks, objective, num_samples,
+                        jit_compile)
+  scale = data_scale(x)
   num_observed = int(x.shape[1])
+  options = {}
+  if objective == 'sampled':
+    variance = float(np.mean(np.var(x, axis=0, dtype=np.float64)))
+    if not variance > _NOISE_FLOOR * scale**2:
+      relative = variance / scale**2
+      raise ValueError(f'x has variance {variance:.3g}, {relative:.3g} times '
+                       'its mean square: too small to start the learned '
+                       'noise variance of the sampled objective.')
+    options = {'num_samples': num_samples,
+               'initial_noise_variance': variance}
   keras.utils.set_random_seed(seed)
   encoder = make_encoder(num_observed, num_latents, posterior, rank,
                          hidden_units, num_blocks, seed=seed,
                          dtype=x.dtype.name)
-  options = {}
-  if objective == 'sampled':
-    variance = float(np.mean(np.var(x.numpy(), axis=0)))
-    if not variance > _NOISE_FLOOR:
-      raise ValueError(f'x has variance {variance:.3g}: too small to start '
-                       'the learned noise variance of the sampled objective.')
-    options = {'num_samples': num_samples,
-               'initial_noise_variance': variance}
   model = AmortizedSparseCoding(encoder, num_observed, num_latents, posterior,
-                                seed=seed, objective=objective, **options)
+                                seed=seed, objective=objective,
+                                data_scale=scale, **options)
   # A new optimizer per model: Keras 3 optimizers cannot move to new variables.
   model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                 jit_compile=jit_compile)
@@ -483,7 +546,7 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
     schedule: annealing schedule by epoch (default none; analytic only).
     epochs: total epochs (a resumed run counts those done).
     batch_size: minibatch size (the last partial batch is dropped).
-    learning_rate: Adam learning rate.
+    learning_rate: Adam learning rate, in (0, `MAX_LEARNING_RATE`] = (0, 1].
     seed: seeds weights, the batch order and the Monte-Carlo samples.
     hidden_units, num_blocks: encoder size.
     checkpoint_path: optional .npz saved atomically after every epoch; it
@@ -515,18 +578,25 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
       objective.
   """
   posterior = _posterior_name(posterior, family)
-  x = _checks.as_float_tensor(x, 'x', rank=2)
-  _checks.check_finite(x, 'x')
-  objective, num_samples = _check_objective(objective, num_samples)
-  if (objective == 'sampled' and schedule is not None
-      and not isinstance(schedule, NoAnnealing)):
+  x = _check_model_args(x, num_latents, posterior, rank, learning_rate, seed,
+                        hidden_units, num_blocks, objective, num_samples,
+                        'auto')
+  data_scale(x)  # refuses data without variation before any work
+  schedule = check_schedule(schedule)
+  if objective == 'sampled' and not isinstance(schedule, NoAnnealing):
     raise ValueError('schedule: entropy annealing applies to the analytic '
                      "objective only; pass schedule=None with "
                      "objective='sampled'.")
   num_points = int(x.shape[0])
-  if not 0 < int(batch_size) <= num_points:
-    raise ValueError(f'batch_size must be in [1, N={num_points}], got '
-                     f'{batch_size}.')
+  epochs = _checks.check_count(epochs, 'epochs')
+  batch_size = _checks.check_count(batch_size, 'batch_size', 1, num_points)
+  _checks.check_flag(resume, 'resume')
+  _checks.check_flag(overwrite, 'overwrite')
+  _checks.check_count(verbose, 'verbose', 0, 2)
+  if on_epoch_end is not None and not callable(on_epoch_end):
+    raise TypeError(f'on_epoch_end must be callable or None, got '
+                    f'{type(on_epoch_end).__name__}.')
+  x = tf.constant(x)
   model = make_amortized_model(
       x, num_latents, posterior=posterior, rank=rank,
       learning_rate=learning_rate,

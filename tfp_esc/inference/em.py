@@ -41,13 +41,17 @@ from absl import logging
 
 from tfp_esc import _checks
 from tfp_esc.inference import _checkpoint
-from tfp_esc.inference._training import TERMS, as_data, batches, elbo_record
+from tfp_esc.inference._training import (TERMS, as_data, batches,
+                                         check_schedule, data_scale,
+                                         elbo_record, scale_posterior,
+                                         to_data_units)
 from tfp_esc.inference.incremental_em import IncrementalEMTrainer
 from tfp_esc.inference.newton import newton_e_step
 from tfp_esc.model.sparse_coding import normalize_columns
 from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective.annealing import NoAnnealing
-from tfp_esc.posterior.gaussian import DEFAULT_SCALE_FLOOR, get_family
+from tfp_esc.posterior.gaussian import (DEFAULT_SCALE_FLOOR, FAMILIES,
+                                        get_family)
 
 __all__ = ['DEFAULT_REFINE_ROUNDS', 'ENGINES', 'EMResult', 'EMTrainer',
            'fit_em']
@@ -57,6 +61,10 @@ ENGINES = ('incremental', 'paper')
 DEFAULT_REFINE_ROUNDS = 3
 
 E_STEPS = ('newton', 'lbfgs')
+# Largest accepted `m_step_size`: a gradient step on V, whose columns start
+# at unit norm, of more than 100 times the gradient is no longer a step of
+# gradient ascent (the default is 0.5).
+MAX_M_STEP_SIZE = 100.0
 # Iterations per E-step when `e_step_iterations` is not given: Newton reaches
 # what 100 L-BFGS iterations reach in about 5 (benchmarks/throughput.py).
 _DEFAULT_ITERATIONS = {'newton': 10, 'lbfgs': 100}
@@ -72,8 +80,9 @@ class EMResult:
   Attributes:
     dictionary: `[D, H]` unit-norm W.
     params: dict of per-point variational parameters `[N, ...]`: the
-      unconstrained ones of the family (engine 'paper') or 'loc' and
-      'scale' (engine 'incremental').
+      unconstrained ones of the family for x / data_scale (engine 'paper';
+      see `EMTrainer`) or 'loc' and 'scale' in x's units (engine
+      'incremental').
     history: dict of per-epoch lists: 'epoch', 'elbo', 'q_entropy',
       'prior_entropy', 'likelihood_entropy', 'sigma2', 'scales',
       'a_q', 'a_prior', 'a_lik', 'seconds' (cumulative training time),
@@ -92,7 +101,8 @@ class EMTrainer:
     num_latents: H.
     posterior: 'diagonal', 'lowrank' or 'full'.
     rank: R for 'lowrank'.
-    schedule: annealing schedule indexed by epoch; default none.
+    schedule: annealing schedule indexed by epoch, or its name (see
+      `get_schedule`); default none.
     batch_size: minibatch size B (the last, smaller batch is dropped from
       training steps but included in evaluation).
     e_step: 'lbfgs' (default) or 'newton' (diagonal posteriors only). Newton
@@ -109,7 +119,7 @@ class EMTrainer:
       yardstick for both E-steps; default 12) and L-BFGS otherwise
       (default 100).
     num_correction_pairs: L-BFGS history size.
-    m_step_size: gradient-ascent step on V.
+    m_step_size: gradient-ascent step on V, in (0, `MAX_M_STEP_SIZE`].
     warm_start: start each E-step (and the evaluation re-fit) from the
       point's previous parameters instead of nu = 0, tau = 1. Off by default,
       as in the paper: with prior annealing (a_prior > 1) the annealed
@@ -120,11 +130,20 @@ class EMTrainer:
     init_dictionary: optional `[D, H]` start; default Gaussian, seeded.
     seed: seeds the dictionary, initial factors and the batch order.
     jit_compile: compile the L-BFGS E-step and the M-step with XLA.
-    scale_floor: floor on posterior scales.
+    scale_floor: floor on posterior scales, in [0, 1), in units of the data
+      scale s (the root mean square of x: the trainer works on x / s, and
+      the initial posterior scale 1 is relative to it too).
+
+  Attributes:
+    data_scale: s. `params` and `e_step`'s parameters are those of the
+      posteriors of x / s; `posterior`, `dictionary` and the history are in
+      x's units.
 
   Raises:
-    ValueError: bad shapes, NaN/inf data, batch_size > N, unknown family or
-      E-step, a Newton E-step for a non-diagonal family.
+    TypeError: an argument of the wrong type (see `tfp_esc._checks`).
+    ValueError: bad shapes, NaN/inf or empty data, data whose rows are all
+      the same, counts or step sizes out of range, unknown family or E-step,
+      a Newton E-step for a non-diagonal family.
   """
 
   def __init__(self, x, num_latents, *, posterior='diagonal', rank=None,
@@ -133,44 +152,56 @@ class EMTrainer:
                num_correction_pairs=10, m_step_size=0.5, warm_start=False,
                init_dictionary=None, seed=0, jit_compile=True,
                scale_floor=DEFAULT_SCALE_FLOOR):
-    self.x = as_data(x)
-    self.dtype = tf.as_dtype(self.x.dtype)
-    num_points, num_observed = self.x.shape
-    if not 0 < int(batch_size) <= num_points:
-      raise ValueError(f'batch_size must be in [1, N={num_points}], got '
-                       f'{batch_size}.')
-    if int(num_latents) < 1:
-      raise ValueError(f'num_latents must be positive, got {num_latents}.')
-    self.family = get_family(posterior)
-    self.schedule = NoAnnealing() if schedule is None else schedule
-    if e_step is None:
-      e_step = 'lbfgs'
-    if e_step not in E_STEPS:
-      raise ValueError(f'e_step must be one of {E_STEPS}, got {e_step!r}.')
-    if e_step == 'newton' and self.family.family != 'diagonal':
+    x = as_data(x)
+    num_points, num_observed = x.shape
+    self.data_scale = data_scale(x)  # refuses data without variation
+    num_latents = _checks.check_count(num_latents, 'num_latents')
+    _checks.check_choice(posterior, 'posterior', FAMILIES)
+    if posterior == 'lowrank':
+      if rank is None:
+        raise ValueError("rank: posterior='lowrank' needs a rank R.")
+      _checks.check_count(rank, 'rank', 1, num_latents)
+    self.schedule = check_schedule(schedule)
+    self.batch_size = _checks.check_count(batch_size, 'batch_size', 1,
+                                          num_points)
+    e_step = _checks.check_choice('lbfgs' if e_step is None else e_step,
+                                  'e_step', E_STEPS)
+    if e_step == 'newton' and posterior != 'diagonal':
       raise ValueError(f"e_step='newton' needs posterior='diagonal', got "
                        f'posterior={posterior!r}; use e_step=\'lbfgs\'.')
-    self.e_step_method = e_step
     if e_step_iterations is None:
       e_step_iterations = _DEFAULT_ITERATIONS[e_step]
-    if int(e_step_iterations) < 1:
-      raise ValueError(f'e_step_iterations must be positive, got '
-                       f'{e_step_iterations}.')
+    e_step_iterations = _checks.check_count(e_step_iterations,
+                                            'e_step_iterations')
+    if eval_iterations is not None:
+      _checks.check_count(eval_iterations, 'eval_iterations')
+    _checks.check_count(num_correction_pairs, 'num_correction_pairs')
+    self.m_step_size = _checks.check_real(m_step_size, 'm_step_size', 0.0,
+                                          MAX_M_STEP_SIZE)
+    self.warm_start = _checks.check_flag(warm_start, 'warm_start')
+    _checks.check_flag(jit_compile, 'jit_compile')
+    self.seed = _checks.check_count(seed, 'seed', 0)
+    self.scale_floor = _checks.check_real(scale_floor, 'scale_floor', 0.0,
+                                          1.0, low_open=False, high_open=True)
+    if init_dictionary is not None:
+      init_dictionary = _checks.check_data(init_dictionary, 'init_dictionary')
+      if init_dictionary.shape != (num_observed, num_latents):
+        raise ValueError(f'init_dictionary has shape {init_dictionary.shape},'
+                         f' expected {(num_observed, num_latents)} for x of '
+                         f'shape {x.shape}.')
+      if np.any(np.linalg.norm(init_dictionary, axis=0) == 0):
+        raise ValueError('init_dictionary has an all-zero column.')
+    # Work on x / s, report in x's units (`_training`): the scale floor and
+    # the initial scale 1 are relative to the data's root mean square.
+    self.x = x / np.asarray(self.data_scale, x.dtype)
+    self.dtype = tf.as_dtype(self.x.dtype)
+    self.family = get_family(posterior)
+    self.e_step_method = e_step
     self.rank = rank
-    self.batch_size = int(batch_size)
-    self.m_step_size = float(m_step_size)
-    self.warm_start = bool(warm_start)
-    self.seed = int(seed)
-    self.scale_floor = scale_floor
     rng = np.random.default_rng(self.seed)
     if init_dictionary is None:
-      init_dictionary = rng.standard_normal((num_observed, int(num_latents)))
+      init_dictionary = rng.standard_normal((num_observed, num_latents))
     init_dictionary = np.asarray(init_dictionary, self.x.dtype)
-    if init_dictionary.shape != (num_observed, int(num_latents)):
-      raise ValueError(f'init_dictionary has shape {init_dictionary.shape}, '
-                       f'expected {(num_observed, int(num_latents))} for x of '
-                       f'shape {self.x.shape}.')
-    _checks.check_finite(init_dictionary, 'init_dictionary')
     # V starts with unit columns: the M-step's gradient on V scales as
     # 1 / ||v_h||, so `m_step_size` means the same for every start.
     self.v = init_dictionary / np.linalg.norm(init_dictionary, axis=0)
@@ -334,7 +365,9 @@ class EMTrainer:
     terms = self.evaluate()
     record = dict(terms, epoch=self.epoch, a_q=c.q, a_prior=c.prior,
                   a_lik=c.likelihood, seconds=self._seconds,
-                  batch_objective=float(np.mean(objectives)))
+                  batch_objective=self._to_data_units(dict(
+                      batch_objective=float(np.mean(objectives)), a_q=c.q,
+                      a_prior=c.prior, a_lik=c.likelihood))['batch_objective'])
     for k, value in record.items():
       self.history.setdefault(k, []).append(value)
     logging.info('epoch %d: ELBO %.4f (H[q] %.3f, H[prior] %.3f, H[lik] %.3f),'
@@ -383,7 +416,10 @@ class EMTrainer:
         self.params[k][indices] = params[k].numpy()
       total = stats if total is None else elbo_lib.add_statistics(total, stats)
     terms = elbo_lib.entropy_elbo_from_statistics(total, self.x.shape[1])
-    return elbo_record(terms, f'epoch {self.epoch}')
+    return self._to_data_units(elbo_record(terms, f'epoch {self.epoch}'))
+
+  def _to_data_units(self, values):
+    return to_data_units(values, self.data_scale, *self.v.shape)
 
   @property
   def dictionary(self):
@@ -394,7 +430,9 @@ class EMTrainer:
     """The fitted posterior of all points (or of `indices`)."""
     params = {k: tf.constant(v if indices is None else v[indices])
               for k, v in self.params.items()}
-    return self.family.from_unconstrained(params, floor=self.scale_floor)
+    return scale_posterior(
+        self.family.from_unconstrained(params, floor=self.scale_floor),
+        self.data_scale)
 
   # -- checkpoints ------------------------------------------------------------
 
@@ -483,16 +521,21 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
     `EMResult`.
 
   Raises:
+    TypeError: an argument of the wrong type (counts must be integers;
+      see `tfp_esc._checks`).
     ValueError: an unknown engine, epochs or refine_rounds out of range, a
       non-diagonal posterior for 'incremental', options the engine does not
-      take, and the trainer's own errors.
+      take, and the trainer's own errors; all before any compilation.
   """
-  if engine not in ENGINES:
-    raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}.')
-  if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
-    raise ValueError(f'epochs must be a positive integer, got {epochs!r}.')
+  _checks.check_choice(engine, 'engine', ENGINES)
+  epochs = _checks.check_count(epochs, 'epochs')
+  _checks.check_flag(resume, 'resume')
+  if on_epoch_end is not None and not callable(on_epoch_end):
+    raise TypeError(f'on_epoch_end must be callable or None, got '
+                    f'{type(on_epoch_end).__name__}.')
   if engine == 'incremental':
-    posterior = options.pop('posterior', 'diagonal')
+    posterior = _checks.check_choice(options.pop('posterior', 'diagonal'),
+                                     'posterior', FAMILIES)
     options.pop('rank', None)
     if posterior != 'diagonal':
       raise ValueError(f"engine='incremental' needs posterior='diagonal', got "
@@ -502,12 +545,9 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
     if unknown:
       raise ValueError(f"engine='incremental' does not take {unknown}; they "
                        "are options of engine='paper'.")
-    refine_rounds = (DEFAULT_REFINE_ROUNDS if refine_rounds is None
-                     else refine_rounds)
-    if (isinstance(refine_rounds, bool) or int(refine_rounds) != refine_rounds
-        or refine_rounds < 0):
-      raise ValueError('refine_rounds must be a non-negative integer, got '
-                       f'{refine_rounds!r}.')
+    refine_rounds = _checks.check_count(
+        DEFAULT_REFINE_ROUNDS if refine_rounds is None else refine_rounds,
+        'refine_rounds', 0)
     trainer = IncrementalEMTrainer(x, num_latents, **options)
   else:
     if refine_rounds:

@@ -66,7 +66,9 @@ from absl import logging
 
 from tfp_esc import _checks
 from tfp_esc.inference import _checkpoint
-from tfp_esc.inference._training import TERMS, as_data, batches, elbo_record
+from tfp_esc.inference._training import (TERMS, as_data, batches,
+                                         check_schedule, data_scale,
+                                         elbo_record, to_data_units)
 from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective.annealing import NoAnnealing
@@ -76,8 +78,9 @@ from tfp_esc.posterior.gaussian import DiagonalGaussian
 __all__ = ['IncrementalEMTrainer', 'dictionary_gradient',
            'principal_directions']
 
-# The scale floor, relative to the data's root mean square: the model is
-# equivariant under scaling the data, and so is this floor.
+# The scale floor, relative to the data's root mean square (the trainer works
+# on x / rms): the model is equivariant under scaling the data, and so is
+# this floor.
 _RELATIVE_FLOOR = 1e-4
 # Column norms of W~ = B A^-1 below this fraction of the largest belong to
 # latents whose means are all zero.
@@ -194,7 +197,8 @@ class IncrementalEMTrainer:
   Args:
     x: `[N, D]` float32/float64 data (its dtype is the computation's).
     num_latents: H.
-    schedule: annealing schedule indexed by epoch; default none.
+    schedule: annealing schedule indexed by epoch, or its name (see
+      `get_schedule`); default none.
     batch_size: minibatch size B (the last batch of an epoch may be smaller).
     e_step_iterations: majorise-minimise iterations per revisit.
     first_visit_iterations: iterations at a point's first visit (its
@@ -215,9 +219,16 @@ class IncrementalEMTrainer:
     seed: seeds the dictionary and the batch order.
     jit_compile: compile the E-step with XLA.
 
+  Attributes:
+    data_scale: s, the root mean square of x; the trainer works on
+      x / s (its `x`, `loc`, `scale`, `sums`), and reports in x's units
+      (`params`, `posterior`, `elbo_terms`, `evaluate`, the history).
+
   Raises:
-    ValueError: bad shapes, NaN/inf or all-zero data, batch_size outside
-      [1, N], non-positive counts.
+    TypeError: an argument of the wrong type (see `tfp_esc._checks`).
+    ValueError: bad shapes, NaN/inf or empty data, data whose rows are all
+      the same (all zeros, constant), batch_size outside [1, N],
+      non-positive counts.
   """
 
   def __init__(self, x, num_latents, *, schedule=None, batch_size=256,
@@ -225,51 +236,48 @@ class IncrementalEMTrainer:
                refine_iterations=50, refine_e_step_iterations=5,
                chunk_size=8192, init_dictionary=None, train_dictionary=True,
                seed=0, jit_compile=True):
-    self.x = as_data(x)
-    num_points, num_observed = self.x.shape
-    rms = float(np.sqrt(np.mean(np.square(self.x, dtype=np.float64))))
-    if rms == 0.0:
-      raise ValueError('x is all zeros: there is nothing to learn.')
-    for name, value in (('num_latents', num_latents),
-                        ('e_step_iterations', e_step_iterations),
-                        ('refine_iterations', refine_iterations),
-                        ('refine_e_step_iterations', refine_e_step_iterations),
-                        ('chunk_size', chunk_size),
-                        ('first_visit_iterations', first_visit_iterations)):
-      if int(value) != value or int(value) < 1:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}.')
-    if int(batch_size) != batch_size or not 0 < int(batch_size) <= num_points:
-      raise ValueError(f'batch_size must be an integer in [1, N={num_points}],'
-                       f' got {batch_size!r}.')
-    self.dtype = tf.as_dtype(self.x.dtype)
-    self.num_latents = int(num_latents)
-    self.batch_size = int(batch_size)
-    self.e_step_iterations = int(e_step_iterations)
-    self.first_visit_iterations = int(first_visit_iterations)
-    self.refine_iterations = int(refine_iterations)
-    self.refine_e_step_iterations = int(refine_e_step_iterations)
-    self.chunk_size = int(chunk_size)
-    self.schedule = NoAnnealing() if schedule is None else schedule
-    self.seed = int(seed)
-    self.floor = _RELATIVE_FLOOR * rms
-    self._init_scale = rms
+    x = as_data(x)
+    num_points, num_observed = x.shape
+    self.data_scale = data_scale(x)  # refuses data without variation
+    self.num_latents = _checks.check_count(num_latents, 'num_latents')
+    self.batch_size = _checks.check_count(batch_size, 'batch_size', 1,
+                                          num_points)
+    self.e_step_iterations = _checks.check_count(e_step_iterations,
+                                                 'e_step_iterations')
+    self.first_visit_iterations = _checks.check_count(
+        first_visit_iterations, 'first_visit_iterations')
+    self.refine_iterations = _checks.check_count(refine_iterations,
+                                                 'refine_iterations')
+    self.refine_e_step_iterations = _checks.check_count(
+        refine_e_step_iterations, 'refine_e_step_iterations')
+    self.chunk_size = _checks.check_count(chunk_size, 'chunk_size')
+    self.schedule = check_schedule(schedule)
+    self.seed = _checks.check_count(seed, 'seed', 0)
+    self.train_dictionary = _checks.check_flag(train_dictionary,
+                                               'train_dictionary')
+    _checks.check_flag(jit_compile, 'jit_compile')
     if init_dictionary is None:
       init_dictionary = np.random.default_rng(self.seed).standard_normal(
           (num_observed, self.num_latents))
-    init_dictionary = np.asarray(init_dictionary, np.float64)
+    init_dictionary = _checks.check_data(init_dictionary, 'init_dictionary')
     if init_dictionary.shape != (num_observed, self.num_latents):
       raise ValueError(f'init_dictionary has shape {init_dictionary.shape}, '
                        f'expected {(num_observed, self.num_latents)} for x of '
-                       f'shape {self.x.shape}.')
-    _checks.check_finite(init_dictionary, 'init_dictionary')
+                       f'shape {x.shape}.')
+    init_dictionary = init_dictionary.astype(np.float64)
     norms = np.linalg.norm(init_dictionary, axis=0)
     if np.any(norms == 0):
       raise ValueError('init_dictionary has an all-zero column.')
+    # Work on x / s, s the data's root mean square (`_training`): the floor
+    # and the initial posterior scale are relative to it.
+    self.x = x / np.asarray(self.data_scale, x.dtype)
+    self.dtype = tf.as_dtype(self.x.dtype)
+    self.floor = _RELATIVE_FLOOR
+    self._init_scale = 1.0
     self.w = init_dictionary / norms                       # float64 [D, H]
-    self.train_dictionary = bool(train_dictionary)
     shape = (num_points, self.num_latents)
     self.loc = np.zeros(shape, self.x.dtype)
-    self.scale = np.full(shape, rms, self.x.dtype)
+    self.scale = np.full(shape, self._init_scale, self.x.dtype)
     self.seen = np.zeros(num_points, bool)
     self._gain = np.ones(self.num_latents)
     # lambda held fixed while a_prior > 1 (see the class doc).
@@ -407,8 +415,16 @@ class IncrementalEMTrainer:
     """F (and F_a) of the stored posteriors of the seen points, from the sums.
 
     Returns:
-      `EntropyElbo` of float64 tensors.
+      `EntropyElbo` of float64 tensors, in x's units (`_training`).
     """
+    terms = self._normalised_terms(a_q, a_prior, a_lik)
+    values = to_data_units(
+        dict(terms._asdict(), a_q=a_q, a_prior=a_prior, a_lik=a_lik),
+        self.data_scale, self.x.shape[1], self.num_latents)
+    return elbo_lib.EntropyElbo(*(values[k] for k in terms._fields))
+
+  def _normalised_terms(self, a_q=1.0, a_prior=1.0, a_lik=1.0):
+    """`elbo_terms` of x / data_scale, the data the trainer works on."""
     sums = self.sums
     entropy = (0.5 * np.log(2.0 * np.pi * np.e) * self.num_latents * sums.count
                + sums.log_scale)
@@ -527,7 +543,7 @@ class IncrementalEMTrainer:
       v = flat.reshape(shape)
       self.w = v / np.linalg.norm(v, axis=0)
       self.sums = self._profile_pass(self.w, parts)
-      terms = self.elbo_terms()
+      terms = self._normalised_terms()
       return (-float(terms.elbo),
               -dictionary_gradient(v, self.sums, self.x.shape[1]).ravel())
 
@@ -563,9 +579,13 @@ class IncrementalEMTrainer:
 
   @property
   def params(self):
-    """Stored posterior parameters: {'loc': [N, H], 'scale': [N, H]}."""
-    return {'loc': self.loc * self._gain.astype(self.loc.dtype),
-            'scale': self.scale * self._gain.astype(self.scale.dtype)}
+    """Stored posterior parameters: {'loc': [N, H], 'scale': [N, H]}.
+
+    In x's units (the stored values, of x / data_scale, times data_scale).
+    """
+    gain = self._gain * self.data_scale
+    return {'loc': self.loc * gain.astype(self.loc.dtype),
+            'scale': self.scale * gain.astype(self.scale.dtype)}
 
   def posterior(self, indices=None):
     """`DiagonalGaussian` of the stored posteriors (all points or `indices`)."""

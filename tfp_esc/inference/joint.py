@@ -36,6 +36,7 @@ call; with a_prior <= 1 the objective is F_a itself.
 """
 
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -44,12 +45,20 @@ import tensorflow_probability as tfp
 from absl import logging
 
 from tfp_esc import _checks
+from tfp_esc.inference import _training
 from tfp_esc.model.sparse_coding import normalize_columns
-from tfp_esc.objective.annealing import NoAnnealing
-from tfp_esc.objective.elbo import EntropyElbo, elbo_statistics, entropy_elbo
-from tfp_esc.posterior.gaussian import DEFAULT_SCALE_FLOOR, get_family
+from tfp_esc.objective.elbo import (classical_elbo_from_statistics,
+                                    elbo_statistics,
+                                    entropy_elbo_from_statistics)
+from tfp_esc.posterior.gaussian import FAMILIES, get_family
 
-__all__ = ['JointFitResult', 'fit_joint']
+__all__ = ['INIT_SCALE', 'JointFitResult', 'SCALE_FLOOR', 'fit_joint']
+
+# Initial posterior standard deviation and scale floor, in units of the data
+# scale s (the root mean square of x): on the bars (s = 2.02) they are the
+# absolute 0.1 and 1e-3 with which the bars protocol was measured.
+INIT_SCALE = 0.05
+SCALE_FLOOR = 5e-4
 
 TRACE_KEYS = ('elbo', 'objective', 'q_entropy', 'prior_entropy',
               'likelihood_entropy', 'noise_variance', 'a_q', 'a_prior',
@@ -72,10 +81,15 @@ class JointFitResult:
     noise_variance: sigma^2* at the end (or the frozen sigma^2).
     elbo: final non-annealed F per data point (or L(lambda, sigma^2)).
     posterior: the fitted `GaussianPosterior` (N points).
-    posterior_params: dict of unconstrained parameter arrays.
+    posterior_params: dict of unconstrained parameter arrays of the
+      posterior of x / data_scale (the fit's own units; `posterior` is in
+      x's units).
     trace: dict of `[num_calls + 1]` arrays (entry 0: the initial state),
       keys `TRACE_KEYS` plus 'call'.
     converged: whether the ELBO stopped changing before `max_calls`.
+    data_scale: s, the power of two the fit divided x by (see
+      `tfp_esc.inference._training`): means and scales of `posterior_params`
+      are in units of s, `init_scale` and `scale_floor` were too.
   """
   dictionary: np.ndarray
   scales: np.ndarray
@@ -85,12 +99,13 @@ class JointFitResult:
   posterior_params: dict
   trace: dict
   converged: bool
+  data_scale: float = 1.0
 
 
 def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
               schedule=None, init_dictionary=None, train_dictionary=True,
               max_calls=100, max_iterations=200, num_correction_pairs=10,
-              tolerance=1e-7, init_scale=0.1, scale_floor=DEFAULT_SCALE_FLOOR,
+              tolerance=1e-7, init_scale=INIT_SCALE, scale_floor=SCALE_FLOOR,
               seed=0, jit_compile=True, log_every=1, scales=None,
               noise_variance=None):
   """Maximises the entropy ELBO by repeated joint L-BFGS calls.
@@ -113,9 +128,13 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
     max_iterations: L-BFGS iterations per call.
     num_correction_pairs: L-BFGS history size.
     tolerance: stop when, after annealing has ended, one call changes the
-      ELBO by less than tolerance * (1 + |ELBO|).
-    init_scale: initial posterior standard deviation (means start at 0).
-    scale_floor: floor on posterior scales (softplus + floor).
+      ELBO of x / s by less than tolerance * (1 + |ELBO|); in [0, 1).
+    init_scale: initial posterior standard deviation (means start at 0), in
+      units of the data scale s (the root mean square of x rounded to a power
+      of two; of sqrt(noise_variance) with frozen parameters), in
+      (scale_floor, 1000].
+    scale_floor: floor on posterior scales (softplus + floor), in units of
+      s, in [0, init_scale).
     seed: seeds the random initial dictionary and low-rank factors.
     jit_compile: compile each L-BFGS call with XLA.
     log_every: log progress every this many calls (0: never).
@@ -128,39 +147,37 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
     given, else F.
 
   Raises:
-    ValueError: bad shapes, NaN/inf data, unknown family, missing H; only one
+    TypeError: an argument of the wrong type (counts must be integers,
+      flags bools; see `tfp_esc._checks`).
+    ValueError: bad shapes, NaN/inf or empty data, data without variation
+      (all rows the same: F is unbounded) when training or computing F,
+      unknown family, missing H, counts or reals out of range; only one
       of scales / noise_variance given, or either given together with
       `train_dictionary=True` or a `schedule`; scales not `[H]` or
       noise_variance not a scalar (shapes printed); either not positive
       and finite.
     FloatingPointError: the ELBO or parameters became NaN/inf (says where).
   """
-  x = _checks.as_float_tensor(x, 'x', rank=2)
-  _checks.check_finite(x, 'x')
+  x, num_latents, init_dictionary, schedule, frozen_parameters = _check_args(
+      x, num_latents, posterior, rank, schedule, init_dictionary,
+      train_dictionary, max_calls, max_iterations, num_correction_pairs,
+      tolerance, init_scale, scale_floor, seed, jit_compile, log_every,
+      scales, noise_variance)
+  # Work on x / s (see `_training`): held-out evaluation takes its scale from
+  # the frozen sigma^2 (its data may be anything), training from the data.
+  data_scale = (_training.data_scale(x) if frozen_parameters is None else
+                math.sqrt(float(frozen_parameters[1])))
+  if frozen_parameters is not None:
+    frozen_parameters = (frozen_parameters[0] / data_scale,
+                         frozen_parameters[1] / data_scale**2)
+  x = tf.constant(x / np.asarray(data_scale, x.dtype))
   dtype = x.dtype
   num_points, num_observed = x.shape
   family = get_family(posterior)
   rng = np.random.default_rng(seed)
   if init_dictionary is None:
-    if num_latents is None:
-      raise ValueError('give num_latents or init_dictionary.')
-    init_dictionary = rng.standard_normal((num_observed, int(num_latents)))
-  init_dictionary = _checks.as_float_tensor(init_dictionary, 'init_dictionary',
-                                            dtype, rank=2)
-  _checks.check_finite(init_dictionary, 'init_dictionary')
-  if init_dictionary.shape[0] != num_observed:
-    raise ValueError(f'x has shape {x.shape.as_list()} but init_dictionary has '
-                     f'shape {init_dictionary.shape.as_list()}: their D differ.')
-  if num_latents is not None and init_dictionary.shape[1] != num_latents:
-    raise ValueError(f'num_latents={num_latents} but init_dictionary has shape '
-                     f'{init_dictionary.shape.as_list()}.')
-  num_latents = init_dictionary.shape[1]
-  if int(max_calls) < 1 or int(max_iterations) < 1:
-    raise ValueError(f'max_calls and max_iterations must be >= 1, got '
-                     f'{max_calls} and {max_iterations}.')
-  frozen_parameters = _check_frozen_parameters(
-      scales, noise_variance, num_latents, dtype, train_dictionary,
-      schedule is not None)
+    init_dictionary = rng.standard_normal((num_observed, num_latents))
+  init_dictionary = tf.constant(init_dictionary, dtype)
 
   params = family.init_unconstrained(
       num_points, num_latents, dtype, scale=init_scale, rank=rank,
@@ -172,7 +189,6 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   sizes = [int(np.prod(s)) for s in shapes]
   position = tf.concat([tf.reshape(p, [-1]) for p in parts], axis=0)
   frozen = normalize_columns(init_dictionary)
-  schedule = NoAnnealing() if schedule is None else schedule
 
   def unpack(flat):
     pieces = [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
@@ -182,22 +198,24 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
 
   def terms_at(flat, coefficients, held_scales=None):
     dictionary, q = unpack(flat)
+    statistics = elbo_statistics(x, dictionary, q)
     if frozen_parameters is not None:
-      return _classical_terms(x, dictionary, q, *frozen_parameters)
-    terms = entropy_elbo(x, dictionary, q, coefficients[0], coefficients[1],
-                         coefficients[2])
+      return classical_elbo_from_statistics(statistics, num_observed,
+                                            *frozen_parameters)
+    terms = entropy_elbo_from_statistics(statistics, num_observed,
+                                         *tf.unstack(coefficients))
     if held_scales is None:
       return terms
     # Annealed calls (a_prior > 1) hold lambda at `held_scales`: the prior
     # entropy becomes the cross-entropy sum_h log(2 lambda_h) + lambda*_h /
-    # lambda_h, which keeps F_a bounded (module doc). Where a_prior <= 1
+    # lambda_h, which keeps F_a bounded (module doc); sigma^2 stays sigma^2*,
+    # where the likelihood cross-entropy is the entropy. Where a_prior <= 1
     # `held_scales` is lambda* itself and the value is F_a's.
-    held_objective = (
-        coefficients[0] * terms.q_entropy
-        - coefficients[1] * _prior_cross_entropy(terms.scales, held_scales)
-        - coefficients[2] * terms.likelihood_entropy)
+    held = classical_elbo_from_statistics(
+        statistics, num_observed, held_scales, terms.noise_variance,
+        *tf.unstack(coefficients))
     return terms._replace(objective=tf.where(coefficients[1] > 1.0,
-                                             held_objective, terms.objective))
+                                             held.objective, terms.objective))
 
   def loss_and_gradient(flat, coefficients, held_scales):
     # The sum over data points (N F_a) keeps per-point gradients O(1).
@@ -257,11 +275,14 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
     values = record(call + 1, position, coefficients, iterations, evaluations,
                     time.perf_counter() - start)
     if log_every and (call + 1) % log_every == 0:
+      logged = _training.to_data_units(
+          dict(values, a_q=c.q, a_prior=c.prior, a_lik=c.likelihood),
+          data_scale, num_observed, num_latents)
       logging.info(
           'L-BFGS call %d/%d: ELBO %.6f (annealed %.6f, a_prior %.3g), '
-          'sigma2 %.5g, %d iterations, %.1f s', call + 1, max_calls,
-          values['elbo'], values['objective'], c.prior,
-          values['noise_variance'], int(iterations),
+          'noise_variance %.5g, %d iterations, %.1f s', call + 1, max_calls,
+          logged['elbo'], logged['objective'], c.prior,
+          logged['noise_variance'], int(iterations),
           time.perf_counter() - start)
     annealed = schedule.is_annealed(call) or schedule.is_annealed(call + 1)
     change = abs(trace['elbo'][-1] - trace['elbo'][-2])
@@ -275,11 +296,21 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
       tf.split(position, sizes), shapes)]
   if train_dictionary:
     pieces.pop(0)
+  # Back to x's units (see `_training`).
+  terms = _training.to_data_units(
+      {k: getattr(terms, k).numpy() for k in ('elbo', 'scales',
+                                              'noise_variance')},
+      data_scale, num_observed, num_latents)
+  trace = _training.to_data_units(
+      {k: np.asarray(v) for k, v in trace.items()}, data_scale, num_observed,
+      num_latents)
   return JointFitResult(
-      dictionary=dictionary.numpy(), scales=terms.scales.numpy(),
-      noise_variance=float(terms.noise_variance), elbo=float(terms.elbo),
-      posterior=q, posterior_params=dict(zip(names, pieces)),
-      trace={k: np.asarray(v) for k, v in trace.items()}, converged=converged)
+      dictionary=dictionary.numpy(), scales=terms['scales'],
+      noise_variance=float(terms['noise_variance']),
+      elbo=float(terms['elbo']),
+      posterior=_training.scale_posterior(q, data_scale),
+      posterior_params=dict(zip(names, pieces)), trace=trace,
+      converged=converged, data_scale=data_scale)
 
 
 def _check_frozen_parameters(scales, noise_variance, num_latents, dtype,
@@ -315,32 +346,58 @@ def _check_frozen_parameters(scales, noise_variance, num_latents, dtype,
   return scales, noise_variance
 
 
-def _prior_cross_entropy(optimal_scales, scales):
-  """CE_prior = sum_h [log(2 lambda_h) + lambda*_h / lambda_h] (module doc).
 
-  optimal_scales: `[H]` lambda* = (1/N) sum_n A(nu_nh, sqrt(T_n,hh)); at
-  lambda = lambda* it is the prior entropy H[p(z | lambda*)].
+def _check_args(x, num_latents, posterior, rank, schedule, init_dictionary,
+                train_dictionary, max_calls, max_iterations,
+                num_correction_pairs, tolerance, init_scale, scale_floor,
+                seed, jit_compile, log_every, scales, noise_variance):
+  """Checks every argument of `fit_joint` (rules: `tfp_esc._checks`).
+
+  Returns:
+    (x, num_latents, init_dictionary, schedule, frozen_parameters): x a
+    NumPy `[N, D]` float array, num_latents an int, init_dictionary None or
+    a `[D, H]` NumPy array of x's dtype, an `AnnealingSchedule`, and the
+    frozen (scales, noise_variance) tensors or None.
   """
-  return tf.reduce_sum(tf.math.log(2.0 * scales) + optimal_scales / scales)
-
-
-def _classical_terms(x, dictionary, posterior, scales, noise_variance):
-  """L(lambda, sigma^2) and its terms (module doc) as an `EntropyElbo`.
-
-  From the same sums as F (`elbo_statistics`): at lambda*, sigma^2* it is F
-  up to rounding, and at any values `classical_elbo` up to rounding.
-  """
-  statistics = elbo_statistics(x, dictionary, posterior)
-  count = statistics.count
-  num_observed = tf.cast(tf.shape(x)[-1], x.dtype)
-  q_entropy = statistics.q_entropy / count
-  prior_cross_entropy = _prior_cross_entropy(
-      statistics.expected_magnitude / count, scales)
-  likelihood_cross_entropy = (
-      0.5 * num_observed * tf.math.log(2.0 * np.pi * noise_variance)
-      + statistics.reconstruction / (2.0 * count * noise_variance))
-  elbo = q_entropy - prior_cross_entropy - likelihood_cross_entropy
-  return EntropyElbo(elbo=elbo, objective=elbo, q_entropy=q_entropy,
-                     prior_entropy=prior_cross_entropy,
-                     likelihood_entropy=likelihood_cross_entropy,
-                     noise_variance=noise_variance, scales=scales)
+  x = _checks.check_data(x, 'x')
+  num_observed = x.shape[1]
+  _checks.check_choice(posterior, 'posterior', FAMILIES)
+  if num_latents is not None:
+    num_latents = _checks.check_count(num_latents, 'num_latents')
+  if init_dictionary is None:
+    if num_latents is None:
+      raise ValueError('num_latents: give num_latents or init_dictionary.')
+  else:
+    init_dictionary = _checks.check_data(init_dictionary, 'init_dictionary')
+    init_dictionary = init_dictionary.astype(x.dtype)
+    if init_dictionary.shape[0] != num_observed:
+      raise ValueError(f'x has shape {list(x.shape)} but init_dictionary has '
+                       f'shape {list(init_dictionary.shape)}: their D differ.')
+    if num_latents is not None and init_dictionary.shape[1] != num_latents:
+      raise ValueError(f'num_latents={num_latents} but init_dictionary has '
+                       f'shape {list(init_dictionary.shape)}.')
+    if np.any(np.linalg.norm(init_dictionary, axis=0) == 0):
+      raise ValueError('init_dictionary has an all-zero column.')
+    num_latents = init_dictionary.shape[1]
+  if posterior == 'lowrank':
+    if rank is None:
+      raise ValueError("rank: posterior='lowrank' needs a rank R.")
+    _checks.check_count(rank, 'rank', 1, num_latents)
+  schedule_given = schedule is not None
+  schedule = _training.check_schedule(schedule)
+  _checks.check_flag(train_dictionary, 'train_dictionary')
+  _checks.check_flag(jit_compile, 'jit_compile')
+  _checks.check_count(max_calls, 'max_calls')
+  _checks.check_count(max_iterations, 'max_iterations')
+  _checks.check_count(num_correction_pairs, 'num_correction_pairs')
+  _checks.check_real(tolerance, 'tolerance', 0.0, 1.0, low_open=False,
+                     high_open=True)
+  scale_floor = _checks.check_real(scale_floor, 'scale_floor', 0.0, 1.0,
+                                   low_open=False, high_open=True)
+  _checks.check_real(init_scale, 'init_scale', scale_floor, 1000.0)
+  _checks.check_count(seed, 'seed', 0)
+  _checks.check_count(log_every, 'log_every', 0)
+  frozen_parameters = _check_frozen_parameters(
+      scales, noise_variance, num_latents, tf.as_dtype(x.dtype),
+      train_dictionary, schedule_given)
+  return x, num_latents, init_dictionary, schedule, frozen_parameters

@@ -32,23 +32,49 @@ import math
 
 import tensorflow as tf
 
+from tfp_esc.objective.elbo import (ElboStatistics,
+                                    classical_elbo_from_statistics,
+                                    entropy_elbo_from_statistics)
 from tfp_esc.objective.special import (expected_magnitude,
-                                        expected_magnitude_partials)
+                                        expected_magnitude_partials,
+                                        gaussian_entropy)
 
 __all__ = ['newton_e_step']
 
 _STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.125, 0.0)
 
 
+def _point_statistics(residual2, column_norms2, loc, scale):
+  """`ElboStatistics` of each point `[..., B]` alone (count 1), in float64.
+
+  residual2: ||x - W nu||^2 `[..., B]`; loc, scale: `[..., B, H]`.
+  Candidates are compared by the values of L and F, constants included;
+  float32 would round away the differences between candidates near the
+  optimum, so the values are computed in float64 (small tensors, no XLA).
+  """
+  residual2, column_norms2, loc, scale = (
+      tf.cast(v, tf.float64) for v in (residual2, column_norms2, loc, scale))
+  num_latents = tf.shape(loc)[-1]
+  return ElboStatistics(
+      count=tf.ones_like(residual2),
+      reconstruction=residual2 + tf.reduce_sum(
+          column_norms2 * tf.square(scale), -1),
+      expected_magnitude=expected_magnitude(loc, scale),
+      q_entropy=gaussian_entropy(
+          2.0 * tf.reduce_sum(tf.math.log(scale), -1),
+          tf.cast(num_latents, loc.dtype)))
+
+
 def _per_point_objective(residual2, column_norms2, loc, scale, scales,
-                         noise_variance, coefficients):
-  """-g of every point `[..., B]` (the per-point part of -L_a)."""
-  a_q, a_prior, a_lik = coefficients[0], coefficients[1], coefficients[2]
-  return (-a_q * tf.reduce_sum(tf.math.log(scale), -1)
-          + a_prior * tf.reduce_sum(expected_magnitude(loc, scale) / scales,
-                                    -1)
-          + a_lik * (residual2 + tf.reduce_sum(column_norms2 * tf.square(scale),
-                                               -1)) / (2.0 * noise_variance))
+                         noise_variance, num_observed, coefficients):
+  """-g of every point `[..., B]`: -L_a of the point at fixed lambda, sigma^2."""
+  scales, noise_variance, num_observed, coefficients = (
+      tf.cast(v, tf.float64)
+      for v in (scales, noise_variance, num_observed, coefficients))
+  return -classical_elbo_from_statistics(
+      _point_statistics(residual2, column_norms2, loc, scale), num_observed,
+      scales, noise_variance, coefficients[0], coefficients[1],
+      coefficients[2]).objective
 
 
 def _batch_objective(residual2, column_norms2, loc, scale, num_observed,
@@ -57,15 +83,17 @@ def _batch_objective(residual2, column_norms2, loc, scale, num_observed,
 
   Returns `[K]`; F_a recomputes lambda*, sigma^2* of every candidate.
   """
-  a_q, a_prior, a_lik = coefficients[0], coefficients[1], coefficients[2]
-  count = tf.cast(tf.shape(loc)[-2], loc.dtype)
-  scales = tf.reduce_mean(expected_magnitude(loc, scale), -2)        # [K, H]
-  noise_variance = tf.reduce_mean(
-      residual2 + tf.reduce_sum(column_norms2 * tf.square(scale), -1),
-      -1) / num_observed                                             # [K]
-  return (-a_q * tf.reduce_sum(tf.math.log(scale), [-2, -1])
-          + count * a_prior * tf.reduce_sum(tf.math.log(scales), -1)
-          + count * a_lik * 0.5 * num_observed * tf.math.log(noise_variance))
+  points = _point_statistics(residual2, column_norms2, loc, scale)
+  num_observed, coefficients = (tf.cast(v, tf.float64)
+                                for v in (num_observed, coefficients))
+  statistics = ElboStatistics(
+      count=tf.cast(tf.shape(residual2)[-1], tf.float64),  # B, for all K
+      reconstruction=tf.reduce_sum(points.reconstruction, -1),
+      expected_magnitude=tf.reduce_sum(points.expected_magnitude, -2),
+      q_entropy=tf.reduce_sum(points.q_entropy, -1))
+  return -statistics.count * entropy_elbo_from_statistics(
+      statistics, num_observed, coefficients[0], coefficients[1],
+      coefficients[2]).objective
 
 
 _Directions = collections.namedtuple('_Directions', [
@@ -244,9 +272,9 @@ def newton_e_step(x, dictionary, loc, scale, coefficients, *, iterations,
         loc, scale, residual, residual2, step_loc, step_scale, t)
     values = _per_point_objective(cand_residual2, column_norms2, cand_loc,
                                   cand_scale, d.scales, d.noise_variance,
-                                  coefficients)                      # [K, B]
+                                  num_observed, coefficients)    # [K, B]
     values = tf.where(tf.math.is_finite(values), values,
-                      tf.constant(math.inf, dtype))
+                      tf.constant(math.inf, values.dtype))
     best = tf.argmin(values, axis=0, output_type=tf.int32)           # [B]
     pick = tf.stack([best, tf.range(tf.shape(best)[0])], -1)
     new_loc = tf.gather_nd(cand_loc, pick)
@@ -267,7 +295,7 @@ def newton_e_step(x, dictionary, loc, scale, coefficients, *, iterations,
     valid = tf.logical_and(tf.math.is_finite(all_values),
                            tf.concat([[True], tf.fill([3], positive)], 0))
     choice = tf.argmin(tf.where(valid, all_values,
-                                tf.constant(math.inf, dtype)),
+                                tf.constant(math.inf, all_values.dtype)),
                        output_type=tf.int32)
     return i + 1, all_loc[choice], all_scale[choice]
 
