@@ -22,10 +22,14 @@ Design choices:
   model p(x | W, lambda, sigma^2) is held fixed and each point's posterior
   maximises its classical ELBO L_n(lambda, sigma^2) (SPEC 4, 12), which
   separates over points, so a point's result does not depend on the others
-  in the call. Diagonal posteriors use the majorise-minimise E-step
-  (`tfp_esc.inference.mm.mm_e_step` with `scales` and `noise_variance`
-  fixed, `transform_max_iter` iterations from nu = 0, s = sigma), compiled
-  once per process and dtype; the other families use `fit_joint` with
+  in the call. This runs in float64 whatever the dtype of the fit (outputs
+  are cast to it): near its optimum L_n is flat to second order, so the
+  optimiser fixes the means only to about the square root of the machine
+  epsilon, 3e-4 in float32 (which also let them depend on the order of the
+  rows), 1e-8 in float64. Diagonal posteriors use the majorise-minimise
+  E-step (`tfp_esc.inference.mm.mm_e_step` with `scales` and
+  `noise_variance` fixed, `transform_max_iter` iterations from nu = 0,
+  s = sigma), compiled once per process; the other families use `fit_joint` with
   everything but the posteriors frozen, as `evaluate_heldout` does.
 - `score_samples(X)` is L_n, a lower bound of log p(x_n | W, lambda,
   sigma^2) in nats; `score(X)` is its mean: the held-out ELBO per sample
@@ -82,13 +86,16 @@ from tfp_esc.inference.incremental_em import (IncrementalEMTrainer, _Sums,
 from tfp_esc.inference.joint import fit_joint
 from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.objective.annealing import SCHEDULE_NAMES, get_schedule
-from tfp_esc.objective.elbo import classical_elbo, entropy_elbo
-from tfp_esc.posterior.gaussian import FAMILIES, DiagonalGaussian, get_family
+from tfp_esc.objective.elbo import classical_elbo
+from tfp_esc.posterior.gaussian import FAMILIES, DiagonalGaussian
 
 __all__ = ['METHODS', 'SparseCoding']
 
 METHODS = tuple(ENGINES) + ('joint', 'amortized')
 _DTYPES = ('float32', 'float64')
+# The parameters of each posterior family's constructor.
+_PARAMETERS = {'diagonal': ('loc', 'scale'), 'full': ('loc', 'scale_tril'),
+               'lowrank': ('loc', 'scale', 'factor')}
 # kappa of partial_fit's stepwise EM (module doc).
 _STEPWISE_POWER = 0.55
 # The scale floor of the E-step for new data, relative to the smallest of
@@ -290,6 +297,9 @@ class SparseCoding(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     seed = self._seed()
     logging.info('SparseCoding.fit: method %s, %d x %d data, %d components.',
                  self.method, *x.shape, num_latents)
+    # Every trainer reports lambda*, sigma^2* and F in x's units (its
+    # history); the training posteriors are kept only for partial_fit.
+    train_posterior = None
     if self.method in ENGINES:
       options = {}
       if self.method == 'paper':
@@ -298,46 +308,45 @@ class SparseCoding(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                       epochs=self.max_iter, refine_rounds=self.refine_rounds,
                       schedule=schedule, batch_size=batch_size, seed=seed,
                       jit_compile=self.jit_compile, **options)
-      dictionary, history = result.dictionary, result.history['elbo']
-      params = {k: tf.constant(v) for k, v in result.params.items()}
-      family = get_family(self.posterior)
-      q = (DiagonalGaussian(params['loc'], params['scale'])
-           if self.method == 'incremental'
-           else family.from_unconstrained(params))
+      dictionary, record = result.dictionary, result.history
+      if self.method == 'incremental':   # posteriors in x's units
+        train_posterior = (result.params['loc'], result.params['scale'])
     elif self.method == 'joint':
       result = fit_joint(x, num_latents, posterior=self.posterior,
                          rank=self.rank, schedule=schedule,
                          max_calls=self.max_iter, seed=seed,
                          jit_compile=self.jit_compile, log_every=0)
-      dictionary, q = result.dictionary, result.posterior
-      history = result.trace['elbo'][1:]
+      dictionary = result.dictionary
+      record = {'elbo': result.trace['elbo'][1:], 'scales': [result.scales],
+                'sigma2': [result.noise_variance]}
     else:
       model, record = fit_amortized(
           x, num_latents, family=self.posterior, rank=self.rank,
           schedule=schedule, epochs=self.max_iter, batch_size=batch_size,
           seed=seed, verbose=0)
-      dictionary, q = model.dictionary.numpy(), model.posterior(x)
-      history = record['elbo']
-    self._set_state(x, dictionary, q, history)
-    return self
-
-  def _store(self, dictionary, terms, history, dtype):
-    """The learned state: W `[D, H]`, lambda, sigma^2 of `terms`, F's."""
-    self.components_ = np.ascontiguousarray(np.asarray(dictionary).T, dtype)
-    self.scales_ = np.asarray(terms.scales, dtype)
-    self.noise_variance_ = float(terms.noise_variance)
-    self.elbo_history_ = np.asarray(history, np.float64)
-    self.n_iter_ = len(self.elbo_history_)
-
-  def _set_state(self, x, dictionary, q, history):
-    """Stores W, lambda*, sigma^2* and F of the training posteriors q."""
-    self._store(dictionary, entropy_elbo(x, dictionary, q), history, x.dtype)
+      dictionary = model.dictionary.numpy()
+    self._store(dictionary, record['scales'][-1], record['sigma2'][-1],
+                record['elbo'], x.dtype)
     self.n_samples_seen_ = len(x)
     self.n_steps_ = self.n_iter_ * len(x) / self.batch_size
     self._sums = None
-    if q.family == 'diagonal':
+    if self.posterior == 'diagonal':
+      # partial_fit continues from the sums of these points; without the
+      # trainer's posteriors, from those of the fitted model.
+      if train_posterior is None:
+        q = self._posterior(x)
+        train_posterior = (q.loc.numpy(), q.scale.numpy())
       self._sums = dataclasses.asdict(_float64_contribution(
-          x, q.loc.numpy(), q.marginal_stddev().numpy()))
+          x, *train_posterior))
+    return self
+
+  def _store(self, dictionary, scales, noise_variance, history, dtype):
+    """The learned state: W `[D, H]`, lambda `[H]`, sigma^2, F's history."""
+    self.components_ = np.ascontiguousarray(np.asarray(dictionary).T, dtype)
+    self.scales_ = np.asarray(scales, dtype)
+    self.noise_variance_ = float(noise_variance)
+    self.elbo_history_ = np.asarray(history, np.float64)
+    self.n_iter_ = len(self.elbo_history_)
 
   @_fit_context(prefer_skip_nested_validation=True)
   def partial_fit(self, X, y=None):
@@ -382,7 +391,8 @@ class SparseCoding(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
       steps += fraction
     terms = trainer.elbo_terms()
     history = [] if first else list(self.elbo_history_)
-    self._store(trainer.w, terms, history + [float(terms.elbo)], x.dtype)
+    self._store(trainer.w, terms.scales.numpy(), terms.noise_variance,
+                history + [float(terms.elbo)], x.dtype)
     self.n_samples_seen_ = len(x) + (0 if first else self.n_samples_seen_)
     self.n_steps_ = steps
     self._sums = dataclasses.asdict(_scaled_sums(trainer.sums, unit))
@@ -408,16 +418,23 @@ class SparseCoding(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
       ValueError: X not 2-D, with another number of features, NaN/inf.
     """
     check_is_fitted(self)
-    return self._posterior(self._validate(X, reset=False))
+    x = self._validate(X, reset=False)
+    q = self._posterior(x)
+    if x.dtype == np.float64:
+      return q
+    return type(q)(*(tf.cast(getattr(q, name), x.dtype)
+                     for name in _PARAMETERS[self.posterior]))
 
   def _posterior(self, x):
-    dtype = x.dtype
-    dictionary = tf.constant(self.components_.T)
+    """The posterior of x `[N, D]`, computed in float64 (module doc)."""
+    dtype = tf.float64
+    x = tf.constant(x, dtype)
+    dictionary = tf.constant(self.components_.T, dtype)
     scales = tf.constant(self.scales_, dtype)
     noise_variance = tf.constant(self.noise_variance_, dtype)
     if self.posterior == 'diagonal':
       loc, scale = _heldout_e_step(self.jit_compile)(
-          tf.constant(x), dictionary, scales, noise_variance,
+          x, dictionary, scales, noise_variance,
           tf.constant(self.transform_max_iter), tf.constant(
               _HELDOUT_RELATIVE_FLOOR * min(float(np.min(self.scales_)),
                                             np.sqrt(self.noise_variance_)),
@@ -470,9 +487,11 @@ class SparseCoding(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     check_is_fitted(self)
     x = self._validate(X, reset=False)
     q = self._posterior(x)
-    return classical_elbo(x, self.components_.T, q, self.scales_,
-                          np.asarray(self.noise_variance_, x.dtype),
-                          per_point=True).numpy()
+    return classical_elbo(x.astype(np.float64),
+                          self.components_.T.astype(np.float64), q,
+                          self.scales_.astype(np.float64),
+                          np.float64(self.noise_variance_),
+                          per_point=True).numpy().astype(x.dtype)
 
   def score(self, X, y=None):
     """The mean held-out ELBO per sample of X (higher is better): a float."""
