@@ -51,6 +51,25 @@ def test_combined_posterior_is_the_mixture_of_the_windows():
                              rtol=1e-13)
 
 
+def test_patch_scale_maximises_the_patch_prior_terms():
+  """c_n* = (1/H) sum_h E|z_nh| / lambda_h maximises
+  -sum_h [log(2 c lambda_h) + E|z_nh| / (c lambda_h)]."""
+  from tfp_esc.objective.special import expected_magnitude
+  rng = np.random.default_rng(6)
+  loc, scale = rng.normal(size=(5, 4)), rng.uniform(0.1, 1.0, (5, 4))
+  lam = rng.uniform(0.3, 2.0, 4)
+  best = restoration._optimal_patch_scales(loc, scale, lam).numpy()[:, 0]
+  magnitude = expected_magnitude(loc, scale).numpy()
+
+  def terms(c):
+    return -np.sum(np.log(2 * c[:, None] * lam)
+                   + magnitude / (c[:, None] * lam), -1)
+
+  for factor in (0.9, 0.99, 1.01, 1.1):
+    assert np.all(terms(factor * best) < terms(best))
+  np.testing.assert_allclose(best, np.mean(magnitude / lam, -1), rtol=1e-12)
+
+
 def test_psnr_and_coverage():
   clean = np.zeros((10, 10))
   assert restoration.psnr(clean + 0.1, clean) == pytest.approx(20.0)
@@ -134,6 +153,7 @@ def test_inpainting_keeps_exact_pixels_and_fills_the_rest():
     (dict(patch_size=30), ValueError, 'patch_size'),
     (dict(num_latents=0), ValueError, 'num_latents'),
     (dict(patch_size=4.0), TypeError, 'patch_size'),
+    (dict(scale_rounds=-1), ValueError, 'scale_rounds'),
     (dict(image='photo.png'), TypeError, 'image'),
 ])
 def test_bad_input_is_refused_before_work(kwargs, error, message):

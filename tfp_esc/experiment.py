@@ -547,6 +547,7 @@ class RestorationConfig:
     num_train_patches: patches the dictionary is learned on.
     iterations: masked-EM iterations.
     e_step_iterations: E-step iterations of the final pass over every patch.
+    scale_rounds: rounds of per-patch prior scales (0: one lambda for all).
     seed: seeds the patch subset.
     dtype: 'float64' or 'float32'.
   """
@@ -559,6 +560,7 @@ class RestorationConfig:
   num_train_patches: int = _field(8192, minimum=1)
   iterations: int = _field(20, minimum=1)
   e_step_iterations: int = _field(30, minimum=1)
+  scale_rounds: int = _field(10, minimum=0)
   seed: int = _field(0, minimum=0)
   dtype: str = _field('float64', choices=DTYPES)
 
@@ -611,7 +613,8 @@ def restore(config, workdir):
       patch_size=config.patch_size, num_latents=config.num_latents,
       num_train_patches=config.num_train_patches,
       iterations=config.iterations,
-      e_step_iterations=config.e_step_iterations, seed=config.seed,
+      e_step_iterations=config.e_step_iterations,
+      scale_rounds=config.scale_rounds, seed=config.seed,
       dtype=config.dtype, progress=True)
   metrics_ = {'noise_std': result.noise_std,
               'noise_learned': result.noise_learned,

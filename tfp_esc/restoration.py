@@ -22,7 +22,17 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    *centred* patches, whose noise variance is sigma_pix^2 (1 - 1/|m_n|), so
    the reported noise std is sqrt(sigma^2* / mean_n(1 - 1/|m_n|)). With
    `noise_std` given, sigma^2 is held at that (centred) value instead.
-4. Per-patch posterior of the clean patch: mean mu_n + W nu_n, per-pixel
+4. Per-patch prior scales. One lambda for the whole image is too weak a
+   prior in smooth regions (the posterior mean lets noise through there)
+   and too strong on texture. So the restoration gives each patch its own
+   prior z_nh ~ Laplace(c_n lambda_h), with c_n chosen like lambda* in
+   Theorem 2: its ELBO terms -sum_h [log(2 c_n lambda_h) +
+   E|z_nh| / (c_n lambda_h)] are maximal at c_n* = (1/H) sum_h
+   E|z_nh| / lambda_h. `scale_rounds` rounds alternate c_n = c_n* and a warm
+   E-step, each raising the patch's ELBO (type-II maximum likelihood of
+   c_n). Measured: +1.0 dB on a photograph with large smooth regions
+   (coffee), +0.1 dB on a textured one (chelsea).
+   Per-patch posterior of the clean patch: mean mu_n + W nu_n, per-pixel
    variance sum_h W_dh^2 s_nh^2 + sigma_pix^2 / |m_n| (the second term is
    the noise of the patch mean mu_n).
 5. Combining the overlaps (k estimates of each pixel): the restored pixel is
@@ -48,6 +58,7 @@ import tensorflow as tf
 from tfp_esc import _checks
 from tfp_esc.inference.masked_em import fit_masked_em
 from tfp_esc.inference.mm import mm_e_step
+from tfp_esc.objective.special import expected_magnitude
 
 __all__ = [
   'RestorationResult',
@@ -62,6 +73,11 @@ __all__ = [
 # Pixel values accepted as an image in [0, 1] (noise pushes them out a bit).
 _VALUE_RANGE = (-1.0, 2.0)
 _CHUNK = 8192
+# Per-patch prior scales (module doc, step 4): E-step iterations per round,
+# and the smallest c_n (a patch of pure noise drives c_n* down slowly but
+# without end; 1e-3 of lambda is far below any structure).
+_SCALE_ROUND_ITERATIONS = 15
+_MIN_PATCH_SCALE = 1e-3
 _RELATIVE_FLOOR = 1e-4
 
 
@@ -79,6 +95,8 @@ class RestorationResult:
     noise_learned: bool.
     dictionary: `[p^2, H]` the learned unit-norm atoms.
     history: dict of lists from the masked EM ('elbo', 'noise_variance').
+    patch_scales: `[N]` the per-patch prior scales c_n (module doc, step 4),
+      patches in `image_to_patches` order.
     seconds: float, wall-clock seconds of the whole restoration.
   """
   restored: np.ndarray
@@ -88,6 +106,7 @@ class RestorationResult:
   noise_learned: bool
   dictionary: np.ndarray
   history: dict
+  patch_scales: np.ndarray
   seconds: float
 
 
@@ -193,7 +212,8 @@ def interval_coverage(estimate, stddev, clean, pixels=None, z=1.959964):
           'high_half': fraction(inside[stddev > median])}
 
 
-def _check_image(image, observed, noise_std, patch_size, num_latents):
+def _check_image(image, observed, noise_std, patch_size, num_latents,
+                 scale_rounds):
   if not isinstance(image, np.ndarray) and not hasattr(image, '__array__'):
     raise TypeError(f'image must be an array, got {type(image).__name__}.')
   image = np.asarray(image)
@@ -203,6 +223,7 @@ def _check_image(image, observed, noise_std, patch_size, num_latents):
     raise ValueError(f'image must be a grey 2-D array [rows, cols], got '
                      f'shape {image.shape}.')
   _checks.check_count(patch_size, 'patch_size', 2, min(image.shape))
+  _checks.check_count(scale_rounds, 'scale_rounds', 0)
   if num_latents is not None:
     _checks.check_count(num_latents, 'num_latents')
   observed = _checks.check_mask(observed, image.shape, like='image')
@@ -226,8 +247,8 @@ def _check_image(image, observed, noise_std, patch_size, num_latents):
 
 def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
                   num_latents=None, num_train_patches=8192, iterations=20,
-                  e_step_iterations=30, seed=0, dtype='float64',
-                  progress=False):
+                  e_step_iterations=30, scale_rounds=10, seed=0,
+                  dtype='float64', progress=False):
   """Denoises and/or inpaints a grey image; returns means and error bars.
 
   Args:
@@ -247,6 +268,8 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
     iterations: masked-EM iterations.
     e_step_iterations: majorise-minimise iterations of the final E-step of
       every patch (lambda, sigma^2 held at the learned values).
+    scale_rounds: rounds of per-patch prior scales (module doc, step 4);
+      0 for none (one lambda for every patch).
     seed: seeds the patch subset.
     dtype: 'float32' or 'float64', the computation's dtype.
     progress: show a Keras progress bar over the final E-step.
@@ -259,7 +282,7 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
   """
   start = time.perf_counter()
   image, observed = _check_image(image, observed, noise_std, patch_size,
-                                 num_latents)
+                                 num_latents, scale_rounds)
   if dtype not in ('float32', 'float64'):
     raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}.")
   num_latents = num_latents or max(1, patch_size * patch_size // 4)
@@ -290,9 +313,9 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
                     else float(noise_std)**2)
   w = learned.dictionary
 
-  loc, scale = _posteriors(centred, masks, w, learned.scales,
-                           max(noise_variance, 1e-300), e_step_iterations,
-                           progress)
+  loc, scale, patch_scales = _posteriors(
+      centred, masks, w, learned.scales, max(noise_variance, 1e-300),
+      e_step_iterations, scale_rounds, progress)
   estimates = loc @ w.T + means                                     # [N, D]
   variances = (np.square(scale) @ np.square(w).T
                + pixel_variance / np.maximum(num_seen, 1))
@@ -310,15 +333,20 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
       noise_std=0.0 if exact else float(np.sqrt(pixel_variance)),
       model_noise_std=float(np.sqrt(pixel_variance)),
       noise_learned=noise_std is None, dictionary=w,
-      history=learned.history, seconds=seconds)
+      history=learned.history, patch_scales=patch_scales, seconds=seconds)
 
 
 def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
-                progress):
-  """Diagonal posteriors of every patch with W, lambda, sigma^2 held fixed.
+                scale_rounds, progress):
+  """Diagonal posteriors of every patch, W, lambda, sigma^2 held fixed, with
+  per-patch prior scales c_n (module doc, step 4).
 
   The points separate, so chunks of `_CHUNK` rows (the last one padded) go
-  through one compiled step.
+  through one compiled step: an E-step from zero means, then `scale_rounds`
+  rounds of c_n = c_n* and a warm E-step.
+
+  Returns:
+    (loc, scale) `[N, H]` float64 and the patch scales c `[N]`.
   """
   dtype = tf.as_dtype(x.dtype)
   num_points, _ = x.shape
@@ -329,18 +357,33 @@ def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
   scales = tf.constant(scales, dtype)
   noise = tf.constant(noise_variance, dtype)
   ones = tf.ones([3], dtype)
+  floor = _RELATIVE_FLOOR * rms
 
   @tf.function(jit_compile=True)
   def step(x, mask):
     shape = [tf.shape(x)[0], num_latents]
-    return mm_e_step(x, w, tf.zeros(shape, dtype),
-                     tf.fill(shape, tf.constant(start_scale, dtype)), ones,
-                     iterations=iterations, floor=_RELATIVE_FLOOR * rms,
-                     scales=scales, noise_variance=noise, mask=mask)
+    loc, scale = mm_e_step(
+        x, w, tf.zeros(shape, dtype),
+        tf.fill(shape, tf.constant(start_scale, dtype)), ones,
+        iterations=iterations, floor=floor, scales=scales,
+        noise_variance=noise, mask=mask)
+
+    def scale_round(i, loc, scale, patch_scale):
+      patch_scale = _optimal_patch_scales(loc, scale, scales)
+      loc, scale = mm_e_step(
+          x, w, loc, scale, ones, iterations=_SCALE_ROUND_ITERATIONS,
+          floor=floor, scales=patch_scale * scales, noise_variance=noise,
+          mask=mask)
+      return i + 1, loc, scale, patch_scale
+
+    _, loc, scale, patch_scale = tf.while_loop(
+        lambda i, *_: i < scale_rounds, scale_round,
+        (tf.constant(0), loc, scale, tf.ones([shape[0], 1], dtype)))
+    return loc, scale, patch_scale[:, 0]
 
   chunk = min(_CHUNK, num_points)
   bar = keras.utils.Progbar(num_points) if progress else None
-  locs, stds = [], []
+  parts = []
   for begin in range(0, num_points, chunk):
     rows = slice(begin, begin + chunk)
     xs, ms = x[rows], masks[rows].astype(x.dtype)
@@ -348,10 +391,15 @@ def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
     if pad:
       xs = np.concatenate([xs, np.zeros((pad, xs.shape[1]), x.dtype)])
       ms = np.concatenate([ms, np.zeros((pad, ms.shape[1]), x.dtype)])
-    loc, scale = step(tf.constant(xs), tf.constant(ms))
-    locs.append(loc.numpy()[:chunk - pad])
-    stds.append(scale.numpy()[:chunk - pad])
+    parts.append([t.numpy()[:chunk - pad].astype(np.float64)
+                  for t in step(tf.constant(xs), tf.constant(ms))])
     if bar is not None:
       bar.add(chunk - pad)
-  return (np.concatenate(locs).astype(np.float64),
-          np.concatenate(stds).astype(np.float64))
+  return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def _optimal_patch_scales(loc, scale, scales):
+  """c_n* = max(c_min, (1/H) sum_h E|z_nh| / lambda_h): `[N, 1]` (step 4)."""
+  ratio = tf.reduce_mean(expected_magnitude(loc, scale) / scales, -1,
+                         keepdims=True)
+  return tf.maximum(ratio, tf.constant(_MIN_PATCH_SCALE, loc.dtype))

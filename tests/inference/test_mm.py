@@ -234,3 +234,17 @@ def test_masked_point_equals_the_reduced_problem():
                                atol=1e-6)
     np.testing.assert_allclose(got_scale[n].numpy(), want_scale[0].numpy(),
                                atol=1e-6)
+
+
+def test_per_point_scales_equal_separate_runs():
+  """scales `[B, H]`: every point has its own prior, as if run alone."""
+  x, w, loc, scale = _problem(8, 3, 6, 4)
+  per_point = np.random.default_rng(1).uniform(0.2, 2.0, (3, 4))
+  step = tf.function(mm_e_step)
+  kwargs = dict(iterations=tf.constant(40), floor=FLOOR, noise_variance=0.05)
+  got = step(x, w, loc, scale, (1.0, 1.0, 1.0), scales=per_point, **kwargs)
+  for n in range(3):
+    want = step(x[n:n + 1], w, loc[n:n + 1], scale[n:n + 1], (1.0, 1.0, 1.0),
+                scales=per_point[n], **kwargs)
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a[n].numpy(), b[0].numpy(), rtol=1e-10)

@@ -169,7 +169,9 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
       none (`empty_context`).
     scales: optional `[H]` float lambda held fixed instead of lambda* (then
       every iteration raises L_a at these lambda and sigma^2*, a bounded
-      objective for any a_prior; see `IncrementalEMTrainer`'s annealing).
+      objective for any a_prior; see `IncrementalEMTrainer`'s annealing),
+      or `[B, H]`: a prior scale per point and latent (each point its own
+      Laplace prior; `tfp_esc.restoration`'s per-patch scales).
     noise_variance: optional scalar sigma^2 held fixed instead of sigma^2*.
       With both fixed, every iteration raises the classical L_a of the
       batch at them, which separates over points: held-out evaluation
