@@ -28,7 +28,7 @@ from tfp_esc.evaluation import metrics, plots
 from tfp_esc.inference import _checkpoint
 from tfp_esc.inference.amortized import fit_amortized
 from tfp_esc.inference.em import E_STEPS, ENGINES, fit_em
-from tfp_esc.inference.joint import fit_joint
+from tfp_esc.inference.joint import INIT_SCALE, fit_joint
 from tfp_esc.objective.annealing import SCHEDULE_NAMES, get_schedule
 from tfp_esc.posterior.gaussian import FAMILIES
 
@@ -124,7 +124,8 @@ class BarsConfig:
     max_iterations: L-BFGS iterations per call.
     num_correction_pairs: L-BFGS history size.
     tolerance: relative ELBO change per call that counts as converged.
-    init_scale: initial posterior standard deviation.
+    init_scale: initial posterior standard deviation, in units of the
+      data's rms (fit_joint's INIT_SCALE: 0.1 on the bars' scale).
     dtype: 'float64' or 'float32'.
     jit_compile: compile L-BFGS calls with XLA (faster long runs; slower to
       start).
@@ -142,7 +143,7 @@ class BarsConfig:
   max_iterations: int = _field(200, minimum=1)
   num_correction_pairs: int = _field(10, minimum=1)
   tolerance: float = _field(1e-6, low=0.0, low_open=False)
-  init_scale: float = _field(0.1, low=0.0)
+  init_scale: float = _field(INIT_SCALE, low=0.0)
   dtype: str = _field('float64', choices=DTYPES)
   jit_compile: bool = True
   gini_samples: int = _field(10, minimum=1)
