@@ -247,3 +247,16 @@ def test_dead_latents_keep_their_column(x):
   np.testing.assert_array_equal(trainer.w[:, 3], column)
   assert np.all(np.isfinite(trainer.w))
   assert _elbo_from_sums(trainer) >= before - 1e-9
+
+
+def test_refinement_never_lowers_the_elbo():
+  """On bars the warm-started profile L-BFGS ends below its start (the
+  profile's value depends on earlier evaluations); such a round is undone."""
+  from tfp_esc import make_bars
+  x = make_bars(num_points=1000, seed=0).x
+  result = fit_em(x, 10, epochs=10, refine_rounds=2, batch_size=256, seed=0)
+  elbo = result.history['elbo']
+  phases = result.history['phase']
+  last_em = max(i for i, p in enumerate(phases) if p == 'em')
+  for i in range(last_em + 1, len(elbo)):
+    assert elbo[i] >= elbo[i - 1] - 1e-9, (elbo, phases)
