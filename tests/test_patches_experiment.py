@@ -133,6 +133,9 @@ def test_amortized_run_writes_outputs_and_resumes(images, tmp_path):
   whole = experiment.train_patches(config, str(tmp_path / 'whole'))
   assert whole['history']['a_prior'] == pytest.approx([2.0, 1.9])
   assert 0 < whole['gini']['mean'] < 1
+  gap = whole['amortization_gap']
+  assert gap['encoder_elbo'] == pytest.approx(whole['elbo'], rel=1e-5)
+  assert gap['gap'] == pytest.approx(gap['refit_elbo'] - gap['encoder_elbo'])
   part = str(tmp_path / 'part')
   experiment.train_patches(dataclasses.replace(config, epochs=1), part)
   resumed = experiment.train_patches(config, part, resume=True)

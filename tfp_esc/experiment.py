@@ -25,6 +25,7 @@ from tfp_esc import _checks, artifacts
 from tfp_esc.data.bars import make_bars
 from tfp_esc.data.patches import whitened_patches
 from tfp_esc.evaluation import metrics, plots
+from tfp_esc.evaluation.evaluate import amortization_gap
 from tfp_esc.inference import _checkpoint
 from tfp_esc.inference.amortized import fit_amortized
 from tfp_esc.inference.em import E_STEPS, ENGINES, fit_em
@@ -464,11 +465,18 @@ def train_patches(config, workdir, resume=False, overwrite=False):
   logging.info('Patches: N=%d, D=%d, H=%d, %s (%s posterior), %s annealing '
                '-> %s', x.shape[0], x.shape[1], config.num_latents,
                config.method, config.posterior, config.annealing, workdir)
+  extra = {}
   if config.method == 'em':
     dictionary, history = _train_patches_em(config, x, checkpoint, resume)
   else:
-    dictionary, history = _train_patches_amortized(config, x, workdir,
-                                                   checkpoint, resume)
+    dictionary, history, model = _train_patches_amortized(
+        config, x, workdir, checkpoint, resume)
+    # What the encoder costs against per-point posteriors (issue 11).
+    extra['amortization_gap'] = amortization_gap(model, x)
+    logging.info('Amortization gap: %.3f nats per patch (encoder %.3f, '
+                 're-fit %.3f).', extra['amortization_gap']['gap'],
+                 extra['amortization_gap']['encoder_elbo'],
+                 extra['amortization_gap']['refit_elbo'])
   final = {k: history[k][-1] for k in history}
   summary = {
       'elbo': final['elbo'],
@@ -480,6 +488,7 @@ def train_patches(config, workdir, resume=False, overwrite=False):
       'localized_fraction': metrics.localized_fraction(
           dictionary, (config.patch_size, config.patch_size)),
       'seconds': final['seconds'],
+      **extra,
       'history': history,
       'config': dataclasses.asdict(config),
   }
@@ -527,7 +536,7 @@ def _train_patches_amortized(config, x, workdir, checkpoint, resume):
       tensorboard_dir=(os.path.join(workdir, 'tensorboard')
                        if importlib.util.find_spec('tensorboard') else None),
       on_epoch_end=gini, verbose=0)
-  return model.dictionary.numpy(), history
+  return model.dictionary.numpy(), history, model
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ from tfp_esc.model.sparse_coding import SparseCodingModel
 from tfp_esc.objective.sampled import importance_weighted_bound
 from tfp_esc.posterior.gaussian import FAMILIES
 
-__all__ = ['evaluate_dictionary', 'evaluate_heldout']
+__all__ = ['amortization_gap', 'evaluate_dictionary', 'evaluate_heldout']
 
 
 def evaluate_dictionary(x, dictionary, *, posterior='diagonal', rank=2,
@@ -180,3 +180,67 @@ def _evaluate(x, dictionary, scales, noise_variance, *, posterior, rank,
       'log_likelihood_bound': bound,
       'converged': fit.converged,
   }
+
+
+def amortization_gap(model, x, *, iterations=300, batch_size=512):
+  """What the encoder costs: F of a converged per-point re-fit minus the
+  encoder's F, for the same dictionary and data (issue 11).
+
+  The encoder's F is `evaluate_amortized` (full-data lambda*, sigma^2*). The
+  re-fit keeps the dictionary and fits every point's posterior:
+
+  - diagonal: `mm_e_step` on the whole data set as one batch, warm-started
+    at the encoder's posteriors, lambda*, sigma^2* free. Every iteration
+    raises the full-data F, so the gap is >= 0 exactly.
+  - lowrank, full: `evaluate_dictionary` (joint L-BFGS with the dictionary
+    frozen, from its own start), so the gap is >= 0 only up to its
+    convergence.
+
+  Args:
+    model: a trained `AmortizedSparseCoding`.
+    x: `[N, D]` float data (usually the training data).
+    iterations: majorise-minimise iterations of the diagonal re-fit.
+    batch_size: rows per encoder evaluation.
+
+  Returns:
+    dict: 'encoder_elbo', 'refit_elbo' and 'gap' (nats per data point,
+    refit - encoder), 'refit_sigma2'.
+
+  Raises:
+    TypeError, ValueError: bad arguments (named), before any work.
+  """
+  # Imported here: evaluation sits right of inference, and only this
+  # function needs the amortized model and the E-step.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfp_esc.inference.amortized import evaluate_amortized  # pylint: disable=g-import-not-at-top
+  from tfp_esc.inference.mm import mm_e_step  # pylint: disable=g-import-not-at-top
+  from tfp_esc.objective.elbo import entropy_elbo  # pylint: disable=g-import-not-at-top
+  from tfp_esc.posterior.gaussian import DiagonalGaussian  # pylint: disable=g-import-not-at-top
+  x = _checks.check_data(x)
+  iterations = _checks.check_count(iterations, 'iterations')
+  batch_size = _checks.check_count(batch_size, 'batch_size')
+  encoder = evaluate_amortized(model, x, batch_size=batch_size)
+  dictionary = model.dictionary.numpy().astype(x.dtype)
+  if model.family != 'diagonal':
+    rank = (model.posterior(tf.constant(x[:1])).rank
+            if model.family == 'lowrank' else 2)
+    refit = evaluate_dictionary(x, dictionary, posterior=model.family,
+                                rank=rank, num_iw_samples=0, gini_samples=1)
+    refit_elbo, refit_sigma2 = refit['elbo'], refit['sigma2']
+  else:
+    locs, scales = [], []
+    for start in range(0, len(x), batch_size):
+      q = model.posterior(tf.constant(x[start:start + batch_size]))
+      locs.append(q.loc.numpy())
+      scales.append(q.scale.numpy())
+    loc, scale = np.concatenate(locs), np.concatenate(scales)
+    floor = 1e-4 * float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    floor = min(floor, 0.5 * float(scale.min()))
+    step = tf.function(mm_e_step, jit_compile=True)
+    loc, scale = step(x, dictionary, loc, scale, np.ones(3, x.dtype),
+                      iterations=tf.constant(iterations), floor=floor)
+    terms = entropy_elbo(x, dictionary, DiagonalGaussian(loc, scale))
+    refit_elbo = float(terms.elbo)
+    refit_sigma2 = float(terms.noise_variance)
+  return {'encoder_elbo': encoder['elbo'], 'refit_elbo': refit_elbo,
+          'gap': refit_elbo - encoder['elbo'], 'refit_sigma2': refit_sigma2}

@@ -1,0 +1,107 @@
+"""What the encoder costs: the amortization gap after a fixed training time.
+
+  python benchmarks/amortization_gap.py [--seconds=60] [--num_patches=8192]
+
+Data: whitened 16x16 patches of photographs outside the embedded default
+(`benchmarks/unseen_photographs.py`), H = --num_latents. For each posterior
+family (diagonal; low-rank R = --rank) an amortized model is trained with the
+library's defaults until --seconds of training have passed (checked at epoch
+ends), then `tfp_esc.evaluation.evaluate.amortization_gap` compares its
+encoder's F with F after a converged per-point re-fit of the posteriors for
+the same dictionary. The EM default (`fit_em`) runs on the same patches and
+its ELBO at the last epoch or round within the same seconds is the
+reference for the re-fit ELBO (issue 11, goal 1: gap <= 1 nat per patch;
+re-fit within 3 nats of EM).
+
+Writes benchmarks/results/amortization_gap_<tag>.{json,md}.
+"""
+
+import json
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import numpy as np  # pylint: disable=wrong-import-position
+from absl import app, flags  # pylint: disable=wrong-import-position
+
+from unseen_photographs import unseen_patches  # pylint: disable=wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer('num_patches', 8192, 'Training patches N.')
+flags.DEFINE_integer('num_latents', 64, 'Latents H.')
+flags.DEFINE_integer('rank', 5, 'Rank R of the low-rank family.')
+flags.DEFINE_float('seconds', 60.0, 'Training seconds of every method.')
+flags.DEFINE_integer('seed', 0, 'Seed.')
+flags.DEFINE_string('tag', time.strftime('%Y-%m-%d'), 'Results file tag.')
+
+_RESULTS = os.path.join(os.path.dirname(__file__), 'results')
+
+
+def _amortized(x, posterior):
+  from tfp_esc.evaluation.evaluate import amortization_gap  # pylint: disable=import-outside-toplevel
+  from tfp_esc.inference.amortized import fit_amortized  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+
+  def stop_at_budget(model, epoch):
+    del epoch
+    if time.perf_counter() - start >= FLAGS.seconds:
+      model.stop_training = True
+    return {}
+
+  model, history = fit_amortized(
+      x, FLAGS.num_latents, posterior=posterior, rank=FLAGS.rank,
+      epochs=10_000, seed=FLAGS.seed, on_epoch_end=stop_at_budget, verbose=0)
+  seconds = time.perf_counter() - start
+  gap_start = time.perf_counter()
+  gap = amortization_gap(model, x)
+  return dict(gap, epochs=len(history['elbo']), train_seconds=seconds,
+              gap_seconds=time.perf_counter() - gap_start)
+
+
+def _em(x):
+  from tfp_esc.inference.em import fit_em  # pylint: disable=import-outside-toplevel
+  result = fit_em(x, FLAGS.num_latents, seed=FLAGS.seed, epochs=6)
+  seconds = np.asarray(result.history['seconds'])
+  within = np.flatnonzero(seconds <= FLAGS.seconds)
+  last = int(within[-1]) if within.size else 0
+  return {'elbo_within_budget': result.history['elbo'][last],
+          'seconds_at_that_point': float(seconds[last]),
+          'elbo_final': result.history['elbo'][-1],
+          'seconds_final': float(seconds[-1])}
+
+
+def main(argv):
+  del argv
+  x = unseen_patches(FLAGS.num_patches, FLAGS.seed)
+  results = {'em_default': _em(x)}
+  for posterior in ('diagonal', 'lowrank'):
+    results[posterior] = _amortized(x, posterior)
+    print(posterior, json.dumps(results[posterior]), flush=True)
+  em = results['em_default']['elbo_within_budget']
+  lines = [
+      '# Amortization gap', '',
+      f'{FLAGS.num_patches} whitened 16x16 patches of unseen photographs, '
+      f'H = {FLAGS.num_latents}, {FLAGS.seconds:.0f} s of training each. '
+      f'EM default within the same seconds: ELBO {em:.2f} '
+      f'(at {results["em_default"]["seconds_at_that_point"]:.0f} s).', '',
+      '| posterior | epochs | encoder ELBO | re-fit ELBO | gap (goal <= 1) '
+      '| re-fit - EM (goal >= -3) |', '|---|---|---|---|---|---|']
+  for posterior in ('diagonal', 'lowrank'):
+    r = results[posterior]
+    lines.append(f'| {posterior} | {r["epochs"]} | {r["encoder_elbo"]:.2f} | '
+                 f'{r["refit_elbo"]:.2f} | {r["gap"]:.2f} | '
+                 f'{r["refit_elbo"] - em:+.2f} |')
+  os.makedirs(_RESULTS, exist_ok=True)
+  stem = os.path.join(_RESULTS, f'amortization_gap_{FLAGS.tag}')
+  with open(stem + '.json', 'w') as f:
+    json.dump({'flags': {k: FLAGS[k].value for k in (
+        'num_patches', 'num_latents', 'rank', 'seconds', 'seed')},
+               'results': results}, f, indent=1)
+  with open(stem + '.md', 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+  app.run(main)
