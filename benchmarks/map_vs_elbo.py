@@ -90,7 +90,7 @@ def evaluate(label, dictionary, info, x, x_heldout):
   train = evaluate_dictionary(x, dictionary, **options)
   row = dict(info, label=label, elbo=train['elbo'],
              gini_mean=train['gini']['mean'], gini_sd=train['gini']['sd'],
-             sigma2=train['sigma2'], entropies=train['entropies'],
+             noise_variance=train['noise_variance'], entropies=train['entropies'],
              bound=train['log_likelihood_bound'],
              converged=train['converged'])
   if x_heldout is not None:
@@ -98,7 +98,7 @@ def evaluate(label, dictionary, info, x, x_heldout):
     # evaluate_heldout reads scales relative to the columns it is given.
     unit = dictionary / np.linalg.norm(dictionary, axis=0)
     heldout = evaluate_heldout(x_heldout, unit, train['scales'],
-                               train['sigma2'], **options)
+                               train['noise_variance'], **options)
     row.update(heldout_elbo=heldout['elbo'],
                heldout_bound=heldout['log_likelihood_bound'],
                heldout_converged=heldout['converged'])
@@ -122,7 +122,7 @@ def table(rows):
   for r in rows:
     cells = [r['label'], f'{r["elbo"]:.2f}',
              f'{r["gini_mean"]:.3f} ± {r["gini_sd"]:.3f}',
-             f'{r["sigma2"]:.4f}', _bound(r['bound'])]
+             f'{r["noise_variance"]:.4f}', _bound(r['bound'])]
     if heldout:
       cells += [f'{r["heldout_elbo"]:.2f}', _bound(r['heldout_bound'])]
     cells += [f'{r["train_seconds"]:.0f}', f'{r["eval_seconds"]:.0f}']

@@ -82,7 +82,7 @@ def main(argv):
     rows[name] = {
         'label': LABELS[name], 'elbo': summary['elbo'],
         'gini_mean': summary['gini']['mean'], 'gini_sd': summary['gini']['sd'],
-        'sigma2': summary['sigma2'], 'seconds': summary['seconds'],
+        'noise_variance': summary['noise_variance'], 'seconds': summary['seconds'],
         **summary['entropies'],
         'elbo_per_epoch': summary['history']['elbo'],
         'num_latents': config.num_latents, 'patch_size': config.patch_size,
@@ -101,7 +101,7 @@ def main(argv):
         f'| {row["label"]} | {row["elbo"]:.2f} | {row["gini_mean"]:.3f} ± '
         f'{row["gini_sd"]:.3f} | {row["q_entropy"]:.2f} | '
         f'{row["prior_entropy"]:.2f} | {row["likelihood_entropy"]:.2f} | '
-        f'{row["sigma2"]:.4f} | {row["seconds"]:.0f} |')
+        f'{row["noise_variance"]:.4f} | {row["seconds"]:.0f} |')
   table = '\n'.join(lines) + '\n'
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with artifacts.atomic_path(os.path.join(FLAGS.output_dir,

@@ -87,7 +87,7 @@ def score(w, x_fit, x_test):
   for _ in range(4):
     record = fitter.run_epoch()
   scales = np.asarray(record['scales'], x_test.dtype)
-  noise_variance = np.asarray(record['sigma2'], x_test.dtype)
+  noise_variance = np.asarray(record['noise_variance'], x_test.dtype)
   shape = (len(x_test), w.shape[1])
   rms = float(np.sqrt(np.mean(np.square(x_test))))
   loc, scale = mm_e_step(x_test, w, np.zeros(shape, x_test.dtype),
@@ -185,7 +185,7 @@ def main(argv):
       heldout, noise_variance = score(w, x_fit, x_test)
       curves[name].append({'seconds': seconds, 'heldout_elbo': heldout,
                            'training_elbo': training_elbo,
-                           'sigma2': noise_variance})
+                           'noise_variance': noise_variance})
       logging.info('%s: %.1f s, held-out ELBO %.3f', name, seconds, heldout)
   table = {name: [at_budget(c, b) for b in budgets]
            for name, c in curves.items()}

@@ -4,7 +4,7 @@
       [--posterior=diagonal] [--output=result.json]
 
 Normalises the dictionary's columns, fits the variational parameters with
-it frozen, and writes elbo (F), entropies, sigma2, scales, gini and
+it frozen, and writes elbo (F), entropies, noise_variance, scales, gini and
 log_likelihood_bound as JSON (to --output, and to stdout).
 
 Held-out evaluation (SPEC 12) of a trained model on data it was not trained
@@ -14,7 +14,7 @@ on:
       --dictionary=run/dictionary.npy --model=run/metrics.json
 
 --model is a JSON file with the trained 'scales' ([H] list, lambda of the
-dictionary's columns) and 'sigma2' (sigma^2): a training run's metrics.json,
+dictionary's columns) and 'noise_variance' (sigma^2): a training run's metrics.json,
 or this script's --output on the training data. lambda and sigma^2 are then
 frozen too, and elbo is the classical ELBO L(lambda, sigma^2) (see
 tfp_esc.evaluation.evaluate.evaluate_heldout).
@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('data', None, '.npy of shape [N, D].', required=True)
 flags.DEFINE_string('dictionary', None, '.npy of shape [D, H].', required=True)
 flags.DEFINE_string('model', None, 'Optional JSON with the trained "scales" '
-                    'and "sigma2": held-out evaluation with them frozen.')
+                    'and "noise_variance": held-out evaluation with them frozen.')
 flags.DEFINE_enum('posterior', 'diagonal', list(POSTERIORS),
                   'Posterior family.')
 flags.DEFINE_integer('rank', 2, 'Rank of the low-rank family.')
@@ -63,7 +63,8 @@ def _load(path, name):
 
 
 def _load_model(path):
-  """(scales, sigma2) from a JSON file holding both keys."""
+  """(scales, noise_variance) from a JSON file holding both keys (or the
+  key 'sigma2' of metrics files written before the one-name rename)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--model file {path!r} does not exist.')
   try:
@@ -72,16 +73,20 @@ def _load_model(path):
   except (OSError, ValueError) as e:
     raise ValueError(f'--model file {path!r} is not readable JSON ({e}).'
                      ) from None
-  missing = [k for k in ('scales', 'sigma2')
+  if isinstance(model, dict) and 'noise_variance' not in model:
+    model['noise_variance'] = model.get('sigma2')
+  missing = [k for k in ('scales', 'noise_variance')
              if not isinstance(model, dict) or model.get(k) is None]
   if missing:
     raise ValueError(f'--model file {path!r} lacks {missing}; it needs the '
-                     'trained "scales" ([H] list) and "sigma2" (a number).')
+                     'trained "scales" ([H] list) and "noise_variance" (a '
+                     'number).')
   try:
-    return np.asarray(model['scales'], np.float64), float(model['sigma2'])
+    return (np.asarray(model['scales'], np.float64),
+            float(model['noise_variance']))
   except (TypeError, ValueError) as e:
     raise ValueError(f'--model file {path!r}: "scales" must be a list of '
-                     f'numbers and "sigma2" a number ({e}).') from None
+                     f'numbers and "noise_variance" a number ({e}).') from None
 
 
 def _check_output(path):

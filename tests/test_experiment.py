@@ -23,7 +23,7 @@ def test_train_bars_writes_outputs(tmp_path):
   np.testing.assert_allclose(np.linalg.norm(dictionary, axis=0), 1, atol=1e-10)
   with open(tmp_path / 'metrics.json') as f:
     metrics = json.load(f)
-  for key in ('elbo', 'ground_truth_elbo', 'sigma2', 'scales', 'recovered',
+  for key in ('elbo', 'ground_truth_elbo', 'noise_variance', 'scales', 'recovered',
               'gini', 'seconds', 'trace'):
     assert key in metrics, key
   assert len(metrics['scales']) == 10

@@ -26,7 +26,7 @@ def test_em_run_writes_outputs_and_resumes(images, tmp_path):
     assert os.path.getsize(whole_dir / name) > 0, name
   with open(whole_dir / 'metrics.json') as f:
     metrics = json.load(f)
-  for key in ('elbo', 'sigma2', 'scales', 'gini', 'seconds', 'entropies',
+  for key in ('elbo', 'noise_variance', 'scales', 'gini', 'seconds', 'entropies',
               'localized_fraction'):
     assert key in metrics, key
   # Two EM epochs (annealed), then one refinement round (never annealed).

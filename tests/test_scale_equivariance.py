@@ -56,7 +56,7 @@ def _em(engine):
                engine == 'incremental' else dict(e_step_iterations=5))
     r = fit_em(x, H, engine=engine, epochs=2, batch_size=16,
                jit_compile=False, **options)
-    return (r.dictionary, r.history['elbo'][-1], r.history['sigma2'][-1],
+    return (r.dictionary, r.history['elbo'][-1], r.history['noise_variance'][-1],
             np.asarray(r.history['scales'][-1]))
   return run
 
@@ -66,14 +66,14 @@ def _amortized(x, data):
   model, history = fit_amortized(x, H, epochs=2, batch_size=16,
                                  hidden_units=16, num_blocks=1, verbose=0)
   return (model.dictionary.numpy(), history['elbo'][-1],
-          history['sigma2'][-1], np.asarray(history['scales'][-1]))
+          history['noise_variance'][-1], np.asarray(history['scales'][-1]))
 
 
 def _evaluate(x, data):
   r = evaluate_dictionary(x, data.dictionary.astype(x.dtype), max_calls=2,
                           max_iterations=20, num_iw_samples=4,
                           jit_compile=False)
-  return None, r['elbo'], r['sigma2'], np.asarray(r['scales'])
+  return None, r['elbo'], r['noise_variance'], np.asarray(r['scales'])
 
 
 def _heldout(x, data, c):
@@ -82,7 +82,7 @@ def _heldout(x, data, c):
                        c**2 * data.noise_variance, max_calls=2,
                        max_iterations=20, num_iw_samples=4,
                        jit_compile=False)
-  return (None, r['elbo'], r['sigma2'], np.asarray(r['scales']),
+  return (None, r['elbo'], r['noise_variance'], np.asarray(r['scales']),
           r['log_likelihood_bound']['mean'])
 
 

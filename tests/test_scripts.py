@@ -99,14 +99,14 @@ def test_evaluate_dictionary_bad_input(tmp_path):
   np.save(tmp_path / 'x.npy', np.ones((10, 4)))
   np.save(tmp_path / 'w.npy', np.eye(4)[:, :2])
   (tmp_path / 'text.npy').write_text('not an array')
-  (tmp_path / 'bad.json').write_text('{"scales": [1, 2], "sigma2": ')
+  (tmp_path / 'bad.json').write_text('{"scales": [1, 2], "noise_variance": ')
   (tmp_path / 'partial.json').write_text('{"scales": [1, 2]}')
   good = [f'--data={tmp_path}/x.npy', f'--dictionary={tmp_path}/w.npy']
   cases = {
       f'--output={tmp_path}': r'--output .* is a directory',
       f'--model={tmp_path}/bad.json': r'--model file .*bad\.json. is not '
                                       r'readable JSON',
-      f'--model={tmp_path}/partial.json': r'partial\.json. lacks \[.sigma2.\]',
+      f'--model={tmp_path}/partial.json': r'partial\.json. lacks \[.noise_variance.\]',
       f'--model={tmp_path}/none.json': r'none\.json. does not exist',
       f'--data={tmp_path}/text.npy': r'--data file .*text\.npy. is not a '
                                      r'readable \.npy',
@@ -166,7 +166,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, images):
                                 np.load(whole_dir / 'dictionary.npy'))
   with open(workdir / 'metrics.json') as f:
     history = json.load(f)['history']
-  for key in ('elbo', 'sigma2', 'scales', 'gini_mean', 'phase', 'a_prior'):
+  for key in ('elbo', 'noise_variance', 'scales', 'gini_mean', 'phase', 'a_prior'):
     assert history[key] == whole['history'][key], key
   # Outputs and checkpoint share the figures' permissions (umask 022: 0644).
   modes = {p: stat.S_IMODE(os.stat(workdir / p).st_mode) for p in (

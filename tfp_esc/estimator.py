@@ -318,14 +318,14 @@ class SparseCoding(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                          jit_compile=self.jit_compile, log_every=0)
       dictionary = result.dictionary
       record = {'elbo': result.trace['elbo'][1:], 'scales': [result.scales],
-                'sigma2': [result.noise_variance]}
+                'noise_variance': [result.noise_variance]}
     else:
       model, record = fit_amortized(
           x, num_latents, family=self.posterior, rank=self.rank,
           schedule=schedule, epochs=self.max_iter, batch_size=batch_size,
           seed=seed, verbose=0)
       dictionary = model.dictionary.numpy()
-    self._store(dictionary, record['scales'][-1], record['sigma2'][-1],
+    self._store(dictionary, record['scales'][-1], record['noise_variance'][-1],
                 record['elbo'], x.dtype)
     self.n_samples_seen_ = len(x)
     self.n_steps_ = self.n_iter_ * len(x) / self.batch_size

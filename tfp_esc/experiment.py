@@ -222,7 +222,7 @@ def train_bars(config, workdir):
       result.posterior, config.gini_samples, seed=config.seed)
   summary = {
       'elbo': result.elbo,
-      'sigma2': result.noise_variance,
+      'noise_variance': result.noise_variance,
       'scales': result.scales,
       'entropies': {k: result.trace[k][-1] for k in (
           'q_entropy', 'prior_entropy', 'likelihood_entropy')},
@@ -240,7 +240,7 @@ def train_bars(config, workdir):
     match = metrics.bars_recovery(truth, result.dictionary)
     summary.update(
         ground_truth_elbo=ground_truth.elbo,
-        ground_truth_sigma2=ground_truth.noise_variance,
+        ground_truth_noise_variance=ground_truth.noise_variance,
         recovered=match.recovered,
         num_recovered=match.num_recovered,
         bar_similarity=match.similarity)
@@ -262,7 +262,7 @@ def train_bars(config, workdir):
                annealed_objective=result.trace['objective'])
   plots.plot_training_curves(trace, path=os.path.join(workdir, 'training.png'),
                              title='Bars: entropy ELBO over L-BFGS calls')
-  logging.info('Done in %.1f s: ELBO %.4f%s, sigma2 %.4g, Gini %.3f +- %.3f',
+  logging.info('Done in %.1f s: ELBO %.4f%s, noise_variance %.4g, Gini %.3f +- %.3f',
                seconds, result.elbo,
                '' if truth is None else (
                    f' (ground truth {summary["ground_truth_elbo"]:.4f}), '
@@ -480,7 +480,7 @@ def train_patches(config, workdir, resume=False, overwrite=False):
   final = {k: history[k][-1] for k in history}
   summary = {
       'elbo': final['elbo'],
-      'sigma2': final['sigma2'],
+      'noise_variance': final['noise_variance'],
       'scales': final['scales'],
       'entropies': {k: final[k] for k in (
           'q_entropy', 'prior_entropy', 'likelihood_entropy')},
@@ -508,8 +508,8 @@ def train_patches(config, workdir, resume=False, overwrite=False):
   plots.plot_gini(
       {'gini_mean': history['gini_mean'], 'gini_sd': history['gini_sd'],
        'step': history['epoch']}, path=os.path.join(workdir, 'gini.png'))
-  logging.info('Done: ELBO %.3f, sigma2 %.4g, Gini %.3f +- %.3f, %.0f%% of '
-               'the fields localized, %.1f s', final['elbo'], final['sigma2'],
+  logging.info('Done: ELBO %.3f, noise_variance %.4g, Gini %.3f +- %.3f, %.0f%% of '
+               'the fields localized, %.1f s', final['elbo'], final['noise_variance'],
                final['gini_mean'], final['gini_sd'],
                100 * summary['localized_fraction'], final['seconds'])
   return summary

@@ -74,8 +74,8 @@ def test_true_dictionary_scores_higher_than_a_corrupted_one():
   # The column norms of the free dictionary are absorbed into lambda*.
   np.testing.assert_allclose(truth['scales'], np.sqrt(5), rtol=0.15)
   assert truth['log_likelihood_bound']['mean'] > truth['elbo']
-  assert truth['sigma2'] == pytest.approx(0.01, rel=0.2)
-  for key in ('elbo', 'entropies', 'sigma2', 'scales', 'gini',
+  assert truth['noise_variance'] == pytest.approx(0.01, rel=0.2)
+  for key in ('elbo', 'entropies', 'noise_variance', 'scales', 'gini',
               'log_likelihood_bound'):
     assert key in truth
 

@@ -38,14 +38,14 @@ def trained(train):
 def heldout(train, test_data, trained):
   """The trained model (true W, lambda*, sigma^2*) on held-out bars."""
   return evaluate_heldout(test_data.x, train.dictionary, trained['scales'],
-                          trained['sigma2'], num_iw_samples=200, **FAST)
+                          trained['noise_variance'], num_iw_samples=200, **FAST)
 
 
 def test_at_optimal_parameters_l_equals_f(train, trained):
   # Theorem 1: F = L(lambda*, sigma^2*), and max over q of L(lambda*,
   # sigma^2*) is max over q of F, so both fits end at the same value.
   result = evaluate_heldout(train.x, train.dictionary, trained['scales'],
-                            trained['sigma2'], num_iw_samples=0, **FAST)
+                            trained['noise_variance'], num_iw_samples=0, **FAST)
   assert result['converged'] and trained['converged']
   np.testing.assert_allclose(result['elbo'], trained['elbo'], rtol=0,
                              atol=1e-8)
@@ -53,7 +53,7 @@ def test_at_optimal_parameters_l_equals_f(train, trained):
     np.testing.assert_allclose(result['entropies'][key],
                                trained['entropies'][key], rtol=0, atol=1e-5)
   np.testing.assert_allclose(result['scales'], trained['scales'], rtol=1e-12)
-  assert result['sigma2'] == pytest.approx(trained['sigma2'], rel=1e-12)
+  assert result['noise_variance'] == pytest.approx(trained['noise_variance'], rel=1e-12)
   assert set(result) == set(trained)
 
 
@@ -61,7 +61,7 @@ def test_other_parameters_score_strictly_lower(train, trained):
   # fit_joint's frozen mode, which evaluate_heldout runs: L(lambda, sigma^2)
   # maximised over q is below F = max over q, lambda, sigma^2 (Theorem 2).
   scales = 0.7 * np.asarray(trained['scales'])
-  noise = 1.5 * trained['sigma2']
+  noise = 1.5 * trained['noise_variance']
   fit = fit_joint(train.x, init_dictionary=train.dictionary,
                   train_dictionary=False, posterior='diagonal', max_calls=20,
                   log_every=0, scales=scales, noise_variance=noise, **FAST)
@@ -105,7 +105,7 @@ def test_column_norms_are_folded_into_the_scales(train, test_data, trained,
   c = np.linspace(0.5, 3.0, 10)
   scaled = evaluate_heldout(test_data.x, train.dictionary * c,
                             np.asarray(trained['scales']) / c,
-                            trained['sigma2'], num_iw_samples=0, **FAST)
+                            trained['noise_variance'], num_iw_samples=0, **FAST)
   # (lambda / c) * c differs from lambda by a rounding, which moves the
   # L-BFGS fit by about 1e-8 relative (measured 2.8e-7 of 11.4 nats).
   np.testing.assert_allclose(scaled['elbo'], heldout['elbo'], rtol=0,
@@ -152,7 +152,7 @@ def test_script_evaluates_heldout_with_model_json(tmp_path, train, test_data,
   np.save(tmp_path / 'x.npy', test_data.x[:40])
   np.save(tmp_path / 'w.npy', train.dictionary)
   (tmp_path / 'model.json').write_text(json.dumps(
-      {'scales': trained['scales'], 'sigma2': trained['sigma2']}))
+      {'scales': trained['scales'], 'noise_variance': trained['noise_variance']}))
   out = tmp_path / 'result.json'
   subprocess.run(
       [sys.executable, 'scripts/evaluate_dictionary.py',
@@ -162,9 +162,9 @@ def test_script_evaluates_heldout_with_model_json(tmp_path, train, test_data,
   result = json.loads(out.read_text())
   # The script is the library function: the same value.
   expected = evaluate_heldout(test_data.x[:40], train.dictionary,
-                              trained['scales'], trained['sigma2'],
+                              trained['scales'], trained['noise_variance'],
                               num_iw_samples=5)
   assert result['elbo'] == pytest.approx(expected['elbo'], abs=1e-9)
   np.testing.assert_allclose(result['scales'], trained['scales'], rtol=1e-12)
-  assert result['sigma2'] == pytest.approx(trained['sigma2'], rel=1e-12)
+  assert result['noise_variance'] == pytest.approx(trained['noise_variance'], rel=1e-12)
   assert result['log_likelihood_bound']['num_samples'] == 5

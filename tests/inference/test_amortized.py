@@ -62,7 +62,7 @@ def test_step_reports_the_entropy_elbo_of_its_batch(x):
   logs = model.test_on_batch(batch, return_dict=True)
   direct = entropy_elbo(batch, model.dictionary, model.posterior(batch))
   np.testing.assert_allclose(logs['elbo'], float(direct.elbo), rtol=1e-5)
-  np.testing.assert_allclose(logs['sigma2'], float(direct.noise_variance),
+  np.testing.assert_allclose(logs['noise_variance'], float(direct.noise_variance),
                              rtol=1e-5)
 
 
@@ -209,7 +209,7 @@ def test_sampled_training_raises_the_analytic_elbo(x):
                              rtol=1e-6)
   logs = model.test_on_batch(x[:64], return_dict=True)
   assert set(logs) == {'elbo', 'objective', 'q_entropy', 'prior_entropy',
-                       'likelihood_entropy', 'sigma2', 'learned_sigma2'}
+                       'likelihood_entropy', 'noise_variance', 'learned_noise_variance'}
   q = model.posterior(x[:64])
   direct = entropy_elbo(x[:64], model.dictionary, q)
   np.testing.assert_allclose(logs['elbo'], float(direct.elbo), rtol=1e-5)

@@ -31,7 +31,7 @@ def test_compare_elbos_measures_every_method(x):
   assert methods[0]['gradient_final']['mean_variance'] == 0.0
   for m in methods[1:]:
     assert m['gradient_initial']['mean_variance'] > 0
-    assert m['learned_sigma2'] > 0 and len(m['learned_scales']) == 10
+    assert m['learned_noise_variance'] > 0 and len(m['learned_scales']) == 10
   for m in methods:
     trace = m['trace']
     # Same start for every method: the same weights, evaluated with F.

@@ -71,7 +71,7 @@ def test_full_data_evaluation_matches_direct_elbo(trained, x):
   terms = trainer.evaluate()  # re-fits and stores every point's parameters
   direct = entropy_elbo(x, trainer.dictionary, trainer.posterior())
   np.testing.assert_allclose(terms['elbo'], float(direct.elbo), rtol=1e-5)
-  np.testing.assert_allclose(terms['sigma2'], float(direct.noise_variance),
+  np.testing.assert_allclose(terms['noise_variance'], float(direct.noise_variance),
                              rtol=1e-5)
 
 

@@ -143,7 +143,7 @@ def test_prior_annealing_does_not_collapse_the_codes(x):
   # with lambda* re-estimated during annealing every code collapsed for
   # good, 1.0 at every epoch.)
   power = np.mean(np.square(x))
-  noise = [r['sigma2'] for r in records]
+  noise = [r['noise_variance'] for r in records]
   assert np.all(np.diff(noise[1:]) < 0), noise
   assert noise[-1] < 0.05 * power
 

@@ -47,7 +47,7 @@ def evaluate_dictionary(x, dictionary, *, posterior='diagonal', rank=2,
 
   Returns:
     dict: 'elbo' (F per data point), 'entropies' {'q', 'prior',
-    'likelihood'}, 'sigma2', 'scales' (list), 'gini' {'mean', 'sd'},
+    'likelihood'}, 'noise_variance', 'scales' (list), 'gini' {'mean', 'sd'},
     'log_likelihood_bound' {'mean', 'stderr', 'num_samples'} (or None),
     'converged'.
 
@@ -97,7 +97,7 @@ def evaluate_heldout(x, dictionary, scales, noise_variance, *,
   Returns:
     dict with the keys of `evaluate_dictionary`: 'elbo' (L(lambda, sigma^2)
     per data point), 'entropies' {'q': (1/N) sum_n H[q_n], 'prior': CE_prior,
-    'likelihood': CE_lik} (elbo = q - prior - likelihood), 'sigma2' and
+    'likelihood': CE_lik} (elbo = q - prior - likelihood), 'noise_variance' and
     'scales' (the frozen values of the unit-norm model), 'gini',
     'log_likelihood_bound' (the importance-weighted bound of
     log p(x | W, lambda, sigma^2) with the fitted q as proposal, or None),
@@ -174,7 +174,7 @@ def _evaluate(x, dictionary, scales, noise_variance, *, posterior, rank,
       'entropies': {'q': float(trace['q_entropy'][-1]),
                     'prior': float(trace['prior_entropy'][-1]),
                     'likelihood': float(trace['likelihood_entropy'][-1])},
-      'sigma2': fit.noise_variance,
+      'noise_variance': fit.noise_variance,
       'scales': fit.scales.tolist(),
       'gini': {'mean': gini_mean, 'sd': gini_sd},
       'log_likelihood_bound': bound,
@@ -204,7 +204,7 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512):
 
   Returns:
     dict: 'encoder_elbo', 'refit_elbo' and 'gap' (nats per data point,
-    refit - encoder), 'refit_sigma2'.
+    refit - encoder), 'refit_noise_variance'.
 
   Raises:
     TypeError, ValueError: bad arguments (named), before any work.
@@ -226,7 +226,7 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512):
             if model.family == 'lowrank' else 2)
     refit = evaluate_dictionary(x, dictionary, posterior=model.family,
                                 rank=rank, num_iw_samples=0, gini_samples=1)
-    refit_elbo, refit_sigma2 = refit['elbo'], refit['sigma2']
+    refit_elbo, refit_noise_variance = refit['elbo'], refit['noise_variance']
   else:
     locs, scales = [], []
     for start in range(0, len(x), batch_size):
@@ -241,6 +241,6 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512):
                       iterations=tf.constant(iterations), floor=floor)
     terms = entropy_elbo(x, dictionary, DiagonalGaussian(loc, scale))
     refit_elbo = float(terms.elbo)
-    refit_sigma2 = float(terms.noise_variance)
+    refit_noise_variance = float(terms.noise_variance)
   return {'encoder_elbo': encoder['elbo'], 'refit_elbo': refit_elbo,
-          'gap': refit_elbo - encoder['elbo'], 'refit_sigma2': refit_sigma2}
+          'gap': refit_elbo - encoder['elbo'], 'refit_noise_variance': refit_noise_variance}

@@ -51,7 +51,7 @@ def elbo_record(terms, where):
 
   Returns:
     dict with 'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy',
-    'sigma2' (floats) and 'scales' (list).
+    'noise_variance' (floats) and 'scales' (list).
 
   Raises:
     FloatingPointError: a non-finite term, naming `where`.
@@ -59,7 +59,7 @@ def elbo_record(terms, where):
   values = {k: float(getattr(terms, k)) for k in TERMS}
   if not all(np.isfinite(list(values.values()))):
     raise FloatingPointError(f'non-finite ELBO terms after {where}: {values}')
-  values['sigma2'] = float(terms.noise_variance)
+  values['noise_variance'] = float(terms.noise_variance)
   values['scales'] = np.asarray(terms.scales).tolist()
   return values
 
@@ -123,7 +123,7 @@ def _log_shift(key, values, num_observed, num_latents):
   return None
 
 
-_POWERS = {'scales': 1, 'noise_variance': 2, 'sigma2': 2, 'learned_sigma2': 2}
+_POWERS = {'scales': 1, 'noise_variance': 2, 'learned_noise_variance': 2}
 
 
 def to_data_units(values, scale, num_observed, num_latents):
@@ -134,7 +134,7 @@ def to_data_units(values, scale, num_observed, num_latents):
       `EntropyElbo._asdict()`); the keys 'elbo', 'objective',
       'batch_objective', 'q_entropy', 'prior_entropy', 'likelihood_entropy'
       (ELBO values and entropies or cross-entropies), 'scales',
-      'noise_variance', 'sigma2' and 'learned_sigma2' are mapped (an annealed
+      'noise_variance' and 'learned_noise_variance' are mapped (an annealed
       objective with the record's 'a_q', 'a_prior', 'a_lik', default 1);
       other keys are kept.
     scale: s (a float).

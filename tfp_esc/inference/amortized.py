@@ -53,10 +53,10 @@ __all__ = ['OBJECTIVES', 'AmortizedSparseCoding', 'AnnealingCallback',
 OBJECTIVES = ('analytic', 'sampled')
 
 _TERMS = ('elbo', 'objective', 'q_entropy', 'prior_entropy',
-          'likelihood_entropy', 'sigma2')
-# Extra metric of the sampled objective: its learned sigma^2 ('sigma2' is
-# sigma^2* of the batch for both objectives).
-_SAMPLED_TERMS = ('learned_sigma2',)
+          'likelihood_entropy', 'noise_variance')
+# Extra metric of the sampled objective: its learned sigma^2
+# ('noise_variance' is sigma^2* of the batch for both objectives).
+_SAMPLED_TERMS = ('learned_noise_variance',)
 # Floors of the learned lambda and sigma^2 (sampled objective): softplus(raw)
 # + floor, as for the posterior scales.
 _SCALE_FLOOR = 1e-3
@@ -260,8 +260,8 @@ class AmortizedSparseCoding(keras.Model):
       (analytic) or the Monte-Carlo ELBO with the learned lambda, sigma^2
       (sampled); values, a dict of `[]` floats keyed by the metric names
       ('elbo' is the analytic, non-annealed F of the batch in both cases;
-      'objective' is `objective`; 'sigma2' is sigma^2* of the batch; the
-      sampled objective adds 'learned_sigma2').
+      'objective' is `objective`; 'noise_variance' is sigma^2* of the batch; the
+      sampled objective adds 'learned_noise_variance').
     """
     # Computed on x / s, reported in x's units (a constant shift, so the
     # gradients are those of the normalised objective).
@@ -278,7 +278,7 @@ class AmortizedSparseCoding(keras.Model):
       estimate = sampled_lib.sampled_elbo(x, model, posterior,
                                           self.num_samples,
                                           _checks.stateless_seed(seed))
-      values.update(objective=estimate.mean, learned_sigma2=noise_variance)
+      values.update(objective=estimate.mean, learned_noise_variance=noise_variance)
     values = self._to_data_units(values)
     return values['objective'], values
 
@@ -350,7 +350,7 @@ def evaluate_amortized(model, x, batch_size=512):
 
   Returns:
     dict: 'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy',
-    'sigma2' (floats), 'scales' (list).
+    'noise_variance' (floats), 'scales' (list).
   """
   x = _checks.as_float_tensor(x, 'x', model.v.dtype, rank=2)
   x = model._normalise(x)  # pylint: disable=protected-access
@@ -363,7 +363,7 @@ def evaluate_amortized(model, x, batch_size=512):
   terms = elbo_lib.entropy_elbo_from_statistics(total, x.shape[1])
   values = {k: float(getattr(terms, k)) for k in (
       'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')}
-  values['sigma2'] = float(terms.noise_variance)
+  values['noise_variance'] = float(terms.noise_variance)
   values['scales'] = terms.scales.numpy().tolist()
   return to_data_units(values, model.data_scale, *model.v.shape)
 
@@ -402,8 +402,8 @@ class CheckpointCallback(keras.callbacks.Callback):
                                f'{record["elbo"]}.')
     for k, v in record.items():
       self.history.setdefault(k, []).append(v)
-    logging.info('epoch %d: ELBO %.4f (full data), sigma2 %.4g, a_prior %.3g',
-                 epoch, record['elbo'], record['sigma2'], record['a_prior'])
+    logging.info('epoch %d: ELBO %.4f (full data), noise_variance %.4g, a_prior %.3g',
+                 epoch, record['elbo'], record['noise_variance'], record['a_prior'])
     if self.path:
       save_state(self.path, self.model, epoch + 1, self.history, self.seconds,
                  self.config)

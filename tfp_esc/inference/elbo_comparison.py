@@ -179,8 +179,8 @@ def compare_elbos(x, num_latents, *, posterior='diagonal', rank=5,
     warm-up), 'first_step_seconds', 'steps', 'epochs' (steps B / N),
     'diverged' (a step hit NaN/inf and the method stopped early),
     'trace' ({'seconds', 'elbo', 'step'} lists at the checkpoints),
-    'final_elbo', 'final_sigma2' (sigma^2* of the full data) and, for
-    sampled methods, 'learned_sigma2' and 'learned_scales'.
+    'final_elbo', 'final_noise_variance' (sigma^2* of the full data) and, for
+    sampled methods, 'learned_noise_variance' and 'learned_scales'.
 
   Raises:
     ValueError: bad data, num_samples empty or with an S < 1, a
@@ -251,9 +251,9 @@ def compare_elbos(x, num_latents, *, posterior='diagonal', rank=5,
         'steps': len(step_seconds),
         'epochs': len(step_seconds) * batch_size / num_points,
         'diverged': diverged, 'trace': trace, 'final_elbo': final['elbo'],
-        'final_sigma2': final['sigma2']}
+        'final_noise_variance': final['noise_variance']}
     if objective == 'sampled':
-      result.update(learned_sigma2=float(model.noise_variance),
+      result.update(learned_noise_variance=float(model.noise_variance),
                     learned_scales=model.scales.numpy().tolist())
     logging.info('%s: F %.4f after %d steps (%.4g s/step); dictionary '
                  'gradient variance %.3g (relative %.3g) at the start.',

@@ -84,7 +84,7 @@ class EMResult:
       see `EMTrainer`) or 'loc' and 'scale' in x's units (engine
       'incremental').
     history: dict of per-epoch lists: 'epoch', 'elbo', 'q_entropy',
-      'prior_entropy', 'likelihood_entropy', 'sigma2', 'scales',
+      'prior_entropy', 'likelihood_entropy', 'noise_variance', 'scales',
       'a_q', 'a_prior', 'a_lik', 'seconds' (cumulative training time),
       'batch_objective' (mean annealed batch objective of the epoch).
   """
@@ -216,7 +216,7 @@ class EMTrainer:
         for k, v in self.params.items()}
     self.epoch = 0
     self.history = {k: [] for k in (
-        'epoch', 'sigma2', 'scales', 'a_q', 'a_prior', 'a_lik', 'seconds',
+        'epoch', 'noise_variance', 'scales', 'a_q', 'a_prior', 'a_lik', 'seconds',
         'batch_objective') + TERMS}
     self._seconds = 0.0
     self._names = sorted(self.params)
@@ -371,9 +371,9 @@ class EMTrainer:
     for k, value in record.items():
       self.history.setdefault(k, []).append(value)
     logging.info('epoch %d: ELBO %.4f (H[q] %.3f, H[prior] %.3f, H[lik] %.3f),'
-                 ' sigma2 %.4g, a_prior %.3g, %.1f s', self.epoch,
+                 ' noise_variance %.4g, a_prior %.3g, %.1f s', self.epoch,
                  record['elbo'], record['q_entropy'], record['prior_entropy'],
-                 record['likelihood_entropy'], record['sigma2'], c.prior,
+                 record['likelihood_entropy'], record['noise_variance'], c.prior,
                  self._seconds)
     self.epoch += 1
     return record
@@ -405,7 +405,7 @@ class EMTrainer:
 
     Returns:
       dict with 'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy',
-      'sigma2' (floats) and 'scales' (list).
+      'noise_variance' (floats) and 'scales' (list).
     """
     v = tf.constant(self.v)
     total = None

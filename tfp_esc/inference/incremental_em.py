@@ -288,7 +288,7 @@ class IncrementalEMTrainer:
     self._passes = 0
     self._seconds = 0.0
     self.history = {k: [] for k in (
-        'epoch', 'phase', 'passes', 'sigma2', 'scales', 'a_q', 'a_prior',
+        'epoch', 'phase', 'passes', 'noise_variance', 'scales', 'a_q', 'a_prior',
         'a_lik', 'seconds') + TERMS}
     # One trace for every batch size (a resumed run must run the same
     # graphs as an uninterrupted one); one function per lambda mode.
@@ -444,9 +444,9 @@ class IncrementalEMTrainer:
     for k, value in record.items():
       self.history.setdefault(k, []).append(value)
     logging.info('%s %d: ELBO %.4f (H[q] %.3f, H[prior] %.3f, H[lik] %.3f), '
-                 'sigma2 %.4g, a_prior %.3g, %.1f s', phase, record['epoch'],
+                 'noise_variance %.4g, a_prior %.3g, %.1f s', phase, record['epoch'],
                  record['elbo'], record['q_entropy'], record['prior_entropy'],
-                 record['likelihood_entropy'], record['sigma2'],
+                 record['likelihood_entropy'], record['noise_variance'],
                  coefficients.prior, self._seconds)
     return record
 
@@ -578,7 +578,7 @@ class IncrementalEMTrainer:
 
     Returns:
       dict with 'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy',
-      'sigma2' (floats) and 'scales' (list).
+      'noise_variance' (floats) and 'scales' (list).
 
     Raises:
       FloatingPointError: a non-finite term.
