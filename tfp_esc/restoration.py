@@ -259,8 +259,12 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
     noise_std: optional float >= 0, the noise std of the observed pixels;
       default None: learned (blind). 0 means the observed pixels are exact
       (inpainting a clean image): the model still learns its sigma^2 (then
-      the misfit of the patch model), and the observed pixels are kept as
-      they are, with uncertainty 0.
+      the misfit of the patch model), the observed pixels are kept as
+      they are, with uncertainty 0, and a missing pixel's variance adds
+      that sigma^2: its true value is a draw of the same model as the exact
+      observed ones, W z + e (posterior predictive), not the noise-free
+      W z of denoising. Measured: 95% coverage of the missing pixels 0.869
+      -> 0.969 (chelsea), 0.969 -> 0.988 (coffee).
     patch_size: p, the patch side.
     num_latents: H, atoms; default p^2 / 4 (module doc, step 2).
     num_train_patches: patches (drawn at random) the dictionary is learned
@@ -322,8 +326,10 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
   restored, variance = combine_posteriors(estimates, variances, image.shape,
                                           patch_size)
   if exact:
+    # Observed: known exactly. Missing: posterior predictive of the pixel
+    # itself, W z + e, e ~ N(0, sigma^2) (the model's misfit).
     restored = np.where(observed, image, restored)
-    variance = np.where(observed, 0.0, variance)
+    variance = np.where(observed, 0.0, variance + pixel_variance)
   seconds = time.perf_counter() - start
   logging.info('restored a %s image in %.1f s; noise std %.4g (%s)',
                image.shape, seconds, np.sqrt(pixel_variance),
