@@ -92,21 +92,26 @@ def _sklearn_pipeline(noisy, clean, seed):
   return results[best], best, time.perf_counter() - start
 
 
+def _calibration(result, clean, pixels):
+  """Coverage of the 95% intervals and Spearman(std, |error|) on `pixels`."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  from tfp_esc import restoration  # pylint: disable=import-outside-toplevel
+  error = np.abs(result.restored - clean)[pixels]
+  return {'coverage_95': restoration.interval_coverage(
+              result.restored, result.uncertainty, clean, pixels),
+          'std_error_spearman': float(stats.spearmanr(
+              result.uncertainty[pixels], error)[0])}
+
+
 def _denoising(clean, noisy, noise_std, seed):
   from skimage import restoration as skr  # pylint: disable=import-outside-toplevel
-  from scipy import stats  # pylint: disable=import-outside-toplevel
   from tfp_esc import restoration  # pylint: disable=import-outside-toplevel
   psnr = restoration.psnr
   ours = restoration.restore_image(noisy, seed=seed)
-  coverage = restoration.interval_coverage(ours.restored, ours.uncertainty,
-                                           clean)
-  error = np.abs(ours.restored - clean)
   row = {'ours': psnr(ours.restored, clean), 'ours_seconds': ours.seconds,
          'ours_noise_std': ours.noise_std,
          'ours_noise_error': ours.noise_std / noise_std - 1.0,
-         'coverage_95': coverage,
-         'std_error_spearman': float(stats.spearmanr(
-             ours.uncertainty.ravel(), error.ravel())[0]),
+         **_calibration(ours, clean, np.ones(clean.shape, bool)),
          'input': psnr(noisy, clean)}
   row['sklearn'], row['sklearn_omp_atoms'], row['sklearn_seconds'] = (
       _sklearn_pipeline(noisy, clean, seed))
@@ -131,15 +136,11 @@ def _denoising(clean, noisy, noise_std, seed):
 
 def _inpainting(clean, observed, seed):
   from skimage import restoration as skr  # pylint: disable=import-outside-toplevel
-  from scipy import stats  # pylint: disable=import-outside-toplevel
   from tfp_esc import restoration  # pylint: disable=import-outside-toplevel
   damaged = np.where(observed, clean, 0.0)
   ours = restoration.restore_image(damaged, observed=observed, noise_std=0,
                                    seed=seed)
   missing = ~observed
-  coverage = restoration.interval_coverage(ours.restored, ours.uncertainty,
-                                           clean, missing)
-  error = np.abs(ours.restored - clean)[missing]
   biharmonic, seconds = _timed(skr.inpaint_biharmonic, damaged, missing)
   return {
       'ours': restoration.psnr(ours.restored, clean),
@@ -147,9 +148,7 @@ def _inpainting(clean, observed, seed):
       'ours_model_noise_std': ours.model_noise_std,
       'observed_kept': bool(np.all(ours.restored[observed]
                                    == clean[observed])),
-      'coverage_95': coverage,
-      'std_error_spearman': float(stats.spearmanr(
-          ours.uncertainty[missing], error)[0]),
+      **_calibration(ours, clean, missing),
       'biharmonic': restoration.psnr(biharmonic, clean),
       'biharmonic_seconds': seconds,
   }, ours

@@ -54,8 +54,11 @@ from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+from skimage.metrics import peak_signal_noise_ratio
+from sklearn.feature_extraction.image import reconstruct_from_patches_2d
 
 from tfp_esc import _checks
+from tfp_esc.inference._training import RELATIVE_SCALE_FLOOR
 from tfp_esc.inference.masked_em import fit_masked_em
 from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.objective.special import expected_magnitude
@@ -78,7 +81,6 @@ _CHUNK = 8192
 # without end; 1e-3 of lambda is far below any structure).
 _SCALE_ROUND_ITERATIONS = 15
 _MIN_PATCH_SCALE = 1e-3
-_RELATIVE_FLOOR = 1e-4
 
 
 @dataclasses.dataclass
@@ -125,33 +127,21 @@ def image_to_patches(image, patch_size):
   return windows.reshape(-1, patch_size * patch_size)
 
 
-def combine_patches(values, image_shape, patch_size, weights=None):
-  """Weighted average of the overlapping patch values at each pixel.
+def combine_patches(values, image_shape, patch_size):
+  """Average of the overlapping patch values at each pixel.
 
   Args:
     values: `[N, p^2]` values of the windows of `image_to_patches`.
     image_shape: (rows, cols).
     patch_size: p.
-    weights: optional `[N, p^2]` positive weights; default equal.
 
   Returns:
-    `[rows, cols]` float64 weighted mean over the windows covering each
-    pixel.
+    `[rows, cols]` float64 mean over the windows covering each pixel
+    (scikit-learn's `reconstruct_from_patches_2d`).
   """
-  rows, cols = image_shape
-  shape = (rows - patch_size + 1, cols - patch_size + 1, patch_size,
-           patch_size)
-  grid = np.asarray(values, np.float64).reshape(shape)
-  weight = (np.ones(shape) if weights is None
-            else np.asarray(weights, np.float64).reshape(shape))
-  total = np.zeros(image_shape)
-  count = np.zeros(image_shape)
-  for i in range(patch_size):
-    for j in range(patch_size):
-      window = np.s_[i:i + shape[0], j:j + shape[1]]
-      total[window] += weight[:, :, i, j] * grid[:, :, i, j]
-      count[window] += weight[:, :, i, j]
-  return total / count
+  windows = np.asarray(values, np.float64).reshape(-1, patch_size,
+                                                   patch_size)
+  return reconstruct_from_patches_2d(windows, tuple(image_shape))
 
 
 def combine_posteriors(means, variances, image_shape, patch_size):
@@ -179,8 +169,9 @@ def combine_posteriors(means, variances, image_shape, patch_size):
 
 def psnr(estimate, clean):
   """Peak signal-to-noise ratio in dB for images in [0, 1]."""
-  error = np.mean(np.square(np.asarray(estimate, np.float64) - clean))
-  return float(10.0 * np.log10(1.0 / error))
+  return float(peak_signal_noise_ratio(
+      np.asarray(clean, np.float64), np.asarray(estimate, np.float64),
+      data_range=1.0))
 
 
 def interval_coverage(estimate, stddev, clean, pixels=None, z=1.959964):
@@ -363,7 +354,7 @@ def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
   scales = tf.constant(scales, dtype)
   noise = tf.constant(noise_variance, dtype)
   ones = tf.ones([3], dtype)
-  floor = _RELATIVE_FLOOR * rms
+  floor = RELATIVE_SCALE_FLOOR * rms
 
   @tf.function(jit_compile=True)
   def step(x, mask):

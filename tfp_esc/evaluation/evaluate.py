@@ -16,7 +16,7 @@ import numpy as np
 
 from tfp_esc import _checks
 from tfp_esc.evaluation.metrics import posterior_gini
-from tfp_esc.inference._training import data_scale
+from tfp_esc.inference._training import RELATIVE_SCALE_FLOOR, data_scale
 from tfp_esc.inference.joint import fit_joint
 from tfp_esc.model.sparse_coding import SparseCodingModel
 from tfp_esc.objective.sampled import importance_weighted_bound
@@ -234,8 +234,8 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512):
       locs.append(q.loc.numpy())
       scales.append(q.scale.numpy())
     loc, scale = np.concatenate(locs), np.concatenate(scales)
-    floor = 1e-4 * float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-    floor = min(floor, 0.5 * float(scale.min()))
+    floor = min(RELATIVE_SCALE_FLOOR * data_scale(x),
+                0.5 * float(scale.min()))
     step = tf.function(mm_e_step, jit_compile=True)
     loc, scale = step(x, dictionary, loc, scale, np.ones(3, x.dtype),
                       iterations=tf.constant(iterations), floor=floor)

@@ -41,6 +41,15 @@ TERMS = ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')
 _CHUNK = 65536
 
 
+# The posterior scale floor, relative to the data's root mean square: the
+# model is equivariant under scaling the data, and so is this floor (EM,
+# masked EM, restoration, the amortization gap).
+RELATIVE_SCALE_FLOOR = 1e-4
+# Column norms of an M-step's W~ = B A^-1 below this fraction of the largest
+# belong to latents whose means are all zero (they keep their old column).
+DEAD_COLUMN = 1e-10
+
+
 def elbo_record(terms, where):
   """The history values of an `EntropyElbo`, checked for NaN/inf.
 

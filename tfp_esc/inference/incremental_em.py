@@ -66,7 +66,8 @@ from absl import logging
 
 from tfp_esc import _checks
 from tfp_esc.inference import _checkpoint
-from tfp_esc.inference._training import (TERMS, as_data, batches,
+from tfp_esc.inference._training import (DEAD_COLUMN, RELATIVE_SCALE_FLOOR,
+                                         TERMS, as_data, batches,
                                          check_schedule, data_scale,
                                          elbo_record, to_data_units)
 from tfp_esc.inference.mm import mm_e_step
@@ -78,13 +79,6 @@ from tfp_esc.posterior.gaussian import DiagonalGaussian
 __all__ = ['IncrementalEMTrainer', 'dictionary_gradient',
            'principal_directions']
 
-# The scale floor, relative to the data's root mean square (the trainer works
-# on x / rms): the model is equivariant under scaling the data, and so is
-# this floor.
-_RELATIVE_FLOOR = 1e-4
-# Column norms of W~ = B A^-1 below this fraction of the largest belong to
-# latents whose means are all zero.
-_DEAD_COLUMN = 1e-10
 
 
 @dataclasses.dataclass
@@ -272,7 +266,7 @@ class IncrementalEMTrainer:
     # and the initial posterior scale are relative to it.
     self.x = x / np.asarray(self.data_scale, x.dtype)
     self.dtype = tf.as_dtype(self.x.dtype)
-    self.floor = _RELATIVE_FLOOR
+    self.floor = RELATIVE_SCALE_FLOOR
     self._init_scale = 1.0
     self.w = init_dictionary / norms                       # float64 [D, H]
     shape = (num_points, self.num_latents)
@@ -384,7 +378,7 @@ class IncrementalEMTrainer:
     # does not enter the reconstruction, so it keeps its old unit column (and
     # its codes their scale) and may come back later. The other columns are
     # still the exact least-squares solution, so F does not fall.
-    dead = norms <= _DEAD_COLUMN * max(float(norms.max()), 1e-300)
+    dead = norms <= DEAD_COLUMN * max(float(norms.max()), 1e-300)
     free[:, dead] = self.w[:, dead]
     norms[dead] = 1.0
     self.w = free / norms

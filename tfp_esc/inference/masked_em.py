@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_esc import _checks
+from tfp_esc.inference._training import DEAD_COLUMN, RELATIVE_SCALE_FLOOR
 from tfp_esc.inference.incremental_em import principal_directions
 from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.objective import elbo as elbo_lib
@@ -47,10 +48,6 @@ from tfp_esc.posterior.gaussian import DiagonalGaussian
 
 __all__ = ['MaskedEMResult', 'fit_masked_em', 'imputation_m_step']
 
-_RELATIVE_FLOOR = 1e-4
-# A column whose unnormalised norm is below this fraction of the largest is
-# dead (all its means zero): it keeps its old unit column.
-_DEAD_COLUMN = 1e-12
 
 
 @dataclasses.dataclass
@@ -166,7 +163,7 @@ def fit_masked_em(x, num_latents, *, mask=None, iterations=30,
   dtype = tf.as_dtype(x.dtype)
   num_points, num_observed = x.shape
   rms = float(np.sqrt(np.mean(np.square(x[mask], dtype=np.float64))))
-  floor = _RELATIVE_FLOOR * rms
+  floor = RELATIVE_SCALE_FLOOR * rms
   if init_dictionary is None:
     init_dictionary = principal_directions(x, num_latents, seed)
   w = np.asarray(init_dictionary, np.float64)
@@ -190,7 +187,7 @@ def fit_masked_em(x, num_latents, *, mask=None, iterations=30,
     terms = _terms(x_t, mask_t, w, loc, scale, fixed_noise)
     free = imputation_m_step(x_t, mask_t, w, loc, scale)
     norms = tf.norm(free, axis=0)
-    dead = norms <= _DEAD_COLUMN * tf.reduce_max(norms)
+    dead = norms <= DEAD_COLUMN * tf.reduce_max(norms)
     free = tf.where(dead[None, :], w, free)
     norms = tf.where(dead, tf.ones_like(norms), norms)
     return free / norms, loc * norms, scale * norms, terms
