@@ -287,6 +287,36 @@ def test_every_cell(entry, argument, kind):
   _check(entry, argument, kind)
 
 
+def _listed_values(kind):
+  """How many values `kind` draws from a finite list (1 if none)."""
+  sizes = []
+  def record(strategy, example):
+    sizes.append(len(getattr(strategy, 'elements', ())) or 1)
+    return example
+  BAD[kind][1](_x(), record)
+  return max(sizes, default=1)
+
+
+def _nth_listed(i):
+  """A draw returning the i-th value of a finite list, else the example."""
+  def draw(strategy, example):
+    elements = getattr(strategy, 'elements', None)
+    return elements[i % len(elements)] if elements else example
+  return draw
+
+
+@pytest.mark.parametrize('entry,argument,kind', [
+    cell for cell in CELLS if _listed_values(cell[2]) > 1])
+def test_every_listed_value(entry, argument, kind):
+  """Every value of a finite list of bad inputs, not only the first.
+
+  An argument whose default is None must still refuse an explicit None
+  where None is listed as bad (e_step once accepted it and ran).
+  """
+  for i in range(_listed_values(kind)):
+    _check(entry, argument, kind, _nth_listed(i))
+
+
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())

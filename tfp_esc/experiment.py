@@ -406,10 +406,12 @@ def _train_patches_em(config, x, checkpoint, resume):
     if config.e_step_iterations is not None:
       options['e_step_iterations'] = config.e_step_iterations
   else:
-    options = {'rank': config.rank, 'e_step': config.e_step,
+    options = {'rank': config.rank,
                'e_step_iterations': config.e_step_iterations,
                'm_step_size': config.m_step_size,
                'warm_start': config.warm_start}
+    if config.e_step is not None:
+      options['e_step'] = config.e_step
   result = fit_em(
       x, config.num_latents, engine=config.engine, epochs=config.epochs,
       checkpoint_path=checkpoint, resume=resume, overwrite=not resume,

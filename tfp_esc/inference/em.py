@@ -147,7 +147,7 @@ class EMTrainer:
   """
 
   def __init__(self, x, num_latents, *, posterior='diagonal', rank=None,
-               schedule=None, batch_size=512, e_step=None,
+               schedule=None, batch_size=512, e_step='lbfgs',
                e_step_iterations=None, eval_iterations=None,
                num_correction_pairs=10, m_step_size=0.5, warm_start=False,
                init_dictionary=None, seed=0, jit_compile=True,
@@ -164,8 +164,7 @@ class EMTrainer:
     self.schedule = check_schedule(schedule)
     self.batch_size = _checks.check_count(batch_size, 'batch_size', 1,
                                           num_points)
-    e_step = _checks.check_choice('lbfgs' if e_step is None else e_step,
-                                  'e_step', E_STEPS)
+    e_step = _checks.check_choice(e_step, 'e_step', E_STEPS)
     if e_step == 'newton' and posterior != 'diagonal':
       raise ValueError(f"e_step='newton' needs posterior='diagonal', got "
                        f'posterior={posterior!r}; use e_step=\'lbfgs\'.')
