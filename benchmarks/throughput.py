@@ -35,12 +35,14 @@ import tensorflow as tf
 from absl import app, flags
 
 from tfp_esc.data.patches import whitened_patches
+from tfp_esc.inference._training import scale_posterior
 from tfp_esc.inference.em import EMTrainer
-from tfp_esc.inference.incremental_em import IncrementalEMTrainer
+from tfp_esc.inference.incremental_em import (INNER_ITERATIONS,
+                                              IncrementalEMTrainer)
 from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.objective.annealing import PriorAnnealing
 from tfp_esc.objective.elbo import entropy_elbo
-from tfp_esc.posterior.gaussian import DEFAULT_SCALE_FLOOR, DiagonalGaussian
+from tfp_esc.posterior.gaussian import DiagonalGaussian
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('steps', 5, 'Timed steps after warm-up.')
@@ -106,17 +108,25 @@ def time_incremental_step(x, revisit):
 
 
 def batch_objectives(x, coefficients):
-  """F_a of batch 0 after each E-step from the same fresh start."""
+  """F_a of batch 0 after each E-step from the same fresh start.
+
+  Both trainers work on x / s (s the data's rms, `inference._training`), so
+  both E-steps start at nu = 0, s_nh = s in x's units and run on x / s
+  with their relative scale floors; both results are scored in x's units.
+  """
   rng = np.random.default_rng(0)
   w = rng.standard_normal((x.shape[1], FLAGS.num_latents))
   w = tf.constant(w / np.linalg.norm(w, axis=0), x.dtype)
   batch = tf.constant(x[:FLAGS.batch_size])
   c = tf.constant(coefficients, x.dtype)
   shape = [FLAGS.batch_size, FLAGS.num_latents]
-  iterations = IncrementalEMTrainer(x, 1).first_visit_iterations
+  incremental = IncrementalEMTrainer(x, 1)
+  iterations = incremental.first_visit_iterations
+  rms = incremental.data_scale
   mm = tf.function(lambda: mm_e_step(
-      batch, w, tf.zeros(shape, x.dtype), tf.ones(shape, x.dtype), c,
-      iterations=iterations, floor=DEFAULT_SCALE_FLOOR), jit_compile=True)
+      batch / rms, w, tf.zeros(shape, x.dtype), tf.ones(shape, x.dtype), c,
+      iterations=iterations, floor=incremental.floor,
+      inner_iterations=INNER_ITERATIONS), jit_compile=True)
   trainer = _trainer(x, 'lbfgs', 100)
   trainer.v = w.numpy()
   indices = np.arange(FLAGS.batch_size)
@@ -130,6 +140,7 @@ def batch_objectives(x, coefficients):
     q = run()
     float(tf.reduce_sum(q.loc))
     seconds = time.perf_counter() - start
+    q = scale_posterior(q, rms)
     out[name] = {'objective': float(entropy_elbo(batch, w, q,
                                                  *coefficients).objective),
                  'seconds': seconds}

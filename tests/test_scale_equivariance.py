@@ -105,7 +105,11 @@ def _compare(reference, scaled, c, num_observed, rtol):
                              rtol=0, atol=rtol * abs(elbo_ref) + 1e-12 * (
                                  1 + abs(shift)))
   np.testing.assert_allclose(noise / c**2, noise_ref, rtol=rtol + 1e-14)
-  np.testing.assert_allclose(scales / c, scales_ref, rtol=rtol + 1e-14)
+  # lambda as a vector, to rtol of its largest entry: a pruned latent's
+  # small lambda (0.096 against about 3 on bars) carries the same absolute
+  # rounding (measured 1.6e-6 of it at c = 1e-6 with incremental EM).
+  np.testing.assert_allclose(scales / c, scales_ref, rtol=rtol + 1e-14,
+                             atol=rtol * np.max(np.abs(scales_ref)))
 
 
 # c = 2^20 and 2^-20 (about 1e6 and 1e-6) exactly; 1e6 and 1e-6 themselves

@@ -91,17 +91,21 @@ def _lbfgs_optimum(x, w, coefficients, context, iterations=3000):
   return -float(result.objective_value) / num_points
 
 
+@pytest.mark.parametrize('inner_iterations', [1, 2])
 @pytest.mark.parametrize('coefficients,with_context', [
     ((1.0, 1.0, 1.0), False), ((1.0, 1.0, 1.0), True),
     ((1.0, 3.0, 1.0), True)])
-def test_reaches_the_optimum_of_a_long_lbfgs_run(coefficients, with_context):
+def test_reaches_the_optimum_of_a_long_lbfgs_run(coefficients, with_context,
+                                                 inner_iterations):
+  # inner_iterations=1 is the incremental engine's setting, 2 the default.
   x, w, _, _ = _problem(3, 16, 10, 5)
   context = (_context(3, 10, w) if with_context
              else empty_context(5, tf.float64))
   loc = np.zeros((16, 5))
   scale = np.full((16, 5), 0.3)
   loc, scale = mm_e_step(x, w, loc, scale, coefficients, iterations=300,
-                         floor=FLOOR, context=context)
+                         floor=FLOOR, context=context,
+                         inner_iterations=inner_iterations)
   ours = _objective(x, w, loc.numpy(), scale.numpy(), coefficients, context)
   optimum = _lbfgs_optimum(x, w, coefficients, context)
   # Never worse than L-BFGS's optimum, and not better than it by more than

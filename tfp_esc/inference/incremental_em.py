@@ -79,6 +79,18 @@ from tfp_esc.posterior.gaussian import DiagonalGaussian
 __all__ = ['IncrementalEMTrainer', 'dictionary_gradient',
            'principal_directions']
 
+# Two-variable Newton steps per majorise-minimise iteration. One halves the
+# iteration's cost (the erf/exp evaluations dominate it) and reaches nearly
+# the same batch objective per iteration as two (fresh batch, B = 512,
+# H = 100, a_prior = 1: -60.437 vs -60.434 after 30 iterations, 20.7 vs
+# 44.0 ms); 60 single-step iterations (36 ms) pass 100 L-BFGS iterations
+# (-60.354 vs -60.358). On the unseen photographs (H = 64, 6 epochs) the
+# whole train_patches command took 22 s instead of 43 s (ELBO 71.38 vs
+# 71.54), mostly from the refinement's E-steps. Revisits run 16 single-step
+# iterations (the cost of the former 8 double-step ones): on bars (500
+# points, 8 seeds) 8 of them left more seeds in a poor local optimum.
+INNER_ITERATIONS = 1
+
 
 
 @dataclasses.dataclass
@@ -226,7 +238,7 @@ class IncrementalEMTrainer:
   """
 
   def __init__(self, x, num_latents, *, schedule=None, batch_size=256,
-               e_step_iterations=8, first_visit_iterations=30,
+               e_step_iterations=16, first_visit_iterations=60,
                refine_iterations=50, refine_e_step_iterations=5,
                chunk_size=8192, init_dictionary=None, train_dictionary=True,
                seed=0, jit_compile=True):
@@ -306,7 +318,8 @@ class IncrementalEMTrainer:
                   iterations, scales=None):
     loc, scale = mm_e_step(x, dictionary, loc, scale, coefficients,
                            iterations=iterations, floor=self.floor,
-                           context=context, scales=scales)
+                           context=context, scales=scales,
+                           inner_iterations=INNER_ITERATIONS)
     return loc, scale, _contribution(x, loc, scale)
 
   # -- training ---------------------------------------------------------------

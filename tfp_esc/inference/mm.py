@@ -60,7 +60,8 @@ from tfp_esc.objective.special import expected_magnitude_partials
 __all__ = ['mm_e_step', 'empty_context']
 
 # Step lengths tried by the two-variable Newton steps; the point moves only
-# where one lowers phi.
+# where one lowers phi. (A full step alone converged at a_prior = 3 with
+# context to 0.45 nats below L-BFGS's optimum in 300 iterations.)
 _STEP_FRACTIONS = (1.0, 0.5)
 # Power iterations for the largest eigenvalue of G, and the margin on it (the
 # Rayleigh quotient approaches it from below; the acceptance test keeps
@@ -246,15 +247,15 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
       noise_variance = fixed_noise
     return scales, noise_variance
 
-  def per_point(rec, magnitude, s, scales, noise_variance):
-    # J_n: [B].
+  def per_point(rec, magnitude, log_s, scales, noise_variance):
+    # J_n: [B], from log_s = sum_h log s_nh [B].
     return (a_lik * rec / (2.0 * noise_variance)
             + a_prior * tf.reduce_sum(magnitude / scales, -1)
-            - a_q * tf.reduce_sum(tf.math.log(s), -1))
+            - a_q * log_s)
 
-  def body(i, nu, s, g_nu, magnitude, rec, y, momentum):
+  def body(i, nu, s, g_nu, magnitude, rec, log_s, y, momentum):
     scales, noise_variance = optimal(magnitude, rec)
-    current = per_point(rec, magnitude, s, scales, noise_variance)
+    current = per_point(rec, magnitude, log_s, scales, noise_variance)
     g_y = apply_gram(y)
     target = y - (g_y - projected) / lipschitz
     k = a_lik * lipschitz / noise_variance
@@ -264,7 +265,8 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
         target, y, s, k, k_s, b, a_q, floor, inner_iterations)
     new_g_nu = apply_gram(new_nu)
     new_rec = reconstruction(new_nu, new_g_nu, new_s)
-    candidate = per_point(new_rec, new_magnitude, new_s, scales,
+    new_log_s = tf.reduce_sum(tf.math.log(new_s), -1)
+    candidate = per_point(new_rec, new_magnitude, new_log_s, scales,
                           noise_variance)
     accept = tf.logical_and(tf.math.is_finite(candidate),
                             candidate <= current)                   # [B]
@@ -278,7 +280,8 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
     g_nu = tf.where(keep, new_g_nu, g_nu)
     magnitude = tf.where(keep, new_magnitude, magnitude)
     rec = tf.where(accept, new_rec, rec)
-    return i + 1, nu, s, g_nu, magnitude, rec, y, momentum
+    log_s = tf.where(accept, new_log_s, log_s)
+    return i + 1, nu, s, g_nu, magnitude, rec, log_s, y, momentum
 
   g_nu = apply_gram(loc)
   magnitude, _, _ = expected_magnitude_partials(loc, scale)
@@ -286,5 +289,6 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
   momentum = tf.ones_like(data_norms2)
   _, loc, scale, *_ = tf.while_loop(
       lambda i, *_: i < iterations, body,
-      (tf.constant(0), loc, scale, g_nu, magnitude, rec, loc, momentum))
+      (tf.constant(0), loc, scale, g_nu, magnitude, rec,
+       tf.reduce_sum(tf.math.log(scale), -1), loc, momentum))
   return loc, scale
