@@ -249,9 +249,12 @@ def test_dead_latents_keep_their_column(x):
   assert _elbo_from_sums(trainer) >= before - 1e-9
 
 
-def test_refinement_never_lowers_the_elbo():
-  """On bars the warm-started profile L-BFGS ends below its start (the
-  profile's value depends on earlier evaluations); such a round is undone."""
+def test_refinement_never_lowers_the_elbo_and_keeps_its_progress():
+  """On bars a final fit at the warm-started profile L-BFGS's best W ended
+  below the round's start (the profile's value depends on earlier
+  evaluations), so every round was undone and refinement bought nothing;
+  keeping the best evaluation of the round both never lowers the ELBO and
+  keeps the progress (measured: EM -15.26, rounds -11.88, -9.44)."""
   from tfp_esc import make_bars
   x = make_bars(num_points=1000, seed=0).x
   result = fit_em(x, 10, epochs=10, refine_rounds=2, batch_size=256, seed=0)
@@ -260,3 +263,4 @@ def test_refinement_never_lowers_the_elbo():
   last_em = max(i for i, p in enumerate(phases) if p == 'em')
   for i in range(last_em + 1, len(elbo)):
     assert elbo[i] >= elbo[i - 1] - 1e-9, (elbo, phases)
+  assert elbo[-1] > elbo[last_em] + 3.0, (elbo, phases)

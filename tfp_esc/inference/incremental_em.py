@@ -524,9 +524,9 @@ class IncrementalEMTrainer:
     -(W A - B) / (N sigma^2*), taken through W = V / ||V||_col. SciPy's
     L-BFGS-B minimises -F over V in float64; every round is a fresh call (its
     memory starts empty), so a run resumed at a round boundary repeats an
-    uninterrupted one. After the call the posteriors are fitted once more at
-    the best dictionary found, whose F (of the stored posteriors) is the
-    round's ELBO.
+    uninterrupted one. The round ends at the best evaluation it made (the
+    dictionary, and the posteriors that evaluation left, whose F is an
+    exact ELBO), or at its start if none was higher: it never lowers F.
 
     Returns:
       The round's history record.
@@ -546,35 +546,46 @@ class IncrementalEMTrainer:
              for i in self._chunks()]
     shape = self.w.shape
     # The profile is evaluated by warm E-steps, so its value at a given W
-    # depends on the posteriors left by earlier evaluations, and the final
-    # fit at L-BFGS's best W can end below where the round started (seen on
-    # bars: -11.42 -> -12.54 over 3 rounds). A round that would lower F is
-    # undone: refinement never lowers the ELBO.
-    before = (float(self._normalised_terms().elbo), self.w.copy(),
-              self.loc.copy(), self.scale.copy(),
-              _Sums(*(np.copy(a) for a in dataclasses.astuple(self.sums))))
+    # depends on the posteriors left by earlier evaluations: L-BFGS sees a
+    # slightly history-dependent function, and a final fit at its best W
+    # could end below where the round started (seen on bars: -11.42 ->
+    # -12.54 over 3 rounds, when every such round was then undone). Every
+    # evaluation, though, leaves stored posteriors whose F at that W is an
+    # exact ELBO; the round keeps the best of them (its start included), so
+    # refinement never lowers the ELBO and keeps any progress L-BFGS made.
+    best = {'elbo': float(self._normalised_terms().elbo)}
+
+    def keep_best():
+      best.update(w=self.w.copy(), loc=self.loc.copy(),
+                  scale=self.scale.copy(),
+                  sums=_Sums(*(np.copy(a)
+                               for a in dataclasses.astuple(self.sums))))
+
+    keep_best()
+    start_elbo = best['elbo']
 
     def negative_profile(flat):
       v = flat.reshape(shape)
       self.w = v / np.linalg.norm(v, axis=0)
       self.sums = self._profile_pass(self.w, parts)
       terms = self._normalised_terms()
+      if float(terms.elbo) > best['elbo']:
+        best['elbo'] = float(terms.elbo)
+        keep_best()
       return (-float(terms.elbo),
               -dictionary_gradient(v, self.sums, self.x.shape[1]).ravel())
 
-    result = scipy.optimize.minimize(
+    scipy.optimize.minimize(
         negative_profile, self.w.ravel(), jac=True, method='L-BFGS-B',
         options={'maxiter': self.refine_iterations,
                  'maxfun': 2 * self.refine_iterations, 'maxcor': 10,
                  'ftol': 0.0, 'gtol': 0.0})
-    best = result.x.reshape(shape)
-    negative_profile(best.ravel())
-    if float(self._normalised_terms().elbo) < before[0]:
-      logging.info('refinement round %d would lower the ELBO (%.4f -> %.4f); '
-                   'kept the dictionary and posteriors of its start.',
-                   self.refine_round + 1, before[0],
-                   float(self._normalised_terms().elbo))
-      _, self.w, self.loc, self.scale, self.sums = before
+    self.w, self.loc, self.scale, self.sums = (
+        best['w'], best['loc'], best['scale'], best['sums'])
+    if best['elbo'] == start_elbo:
+      logging.info('refinement round %d found no higher ELBO than its start '
+                   '(%.4f); kept its dictionary and posteriors.',
+                   self.refine_round + 1, start_elbo)
     self._seconds += time.perf_counter() - start
     record = self._record('refine', NoAnnealing()(0), self._passes)
     self.refine_round += 1
