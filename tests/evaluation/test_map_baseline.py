@@ -25,6 +25,29 @@ def learned(bars):
   return learn_map_dictionary(bars.x, 10, ALPHA, **OPTIONS)
 
 
+def test_callback_snapshots_equal_shorter_runs_and_can_stop(bars, learned):
+  # 300 points in batches of 64: 5 steps per epoch. The dictionary after
+  # 2 epochs' steps of a long run is what max_iter=2 returns; stopping after
+  # 5 epochs' steps returns `learned` (max_iter=5) exactly.
+  snapshots = {}
+
+  def callback(step, dictionary):
+    assert dictionary.shape == (25, 10)
+    if step % 5 == 0:
+      snapshots[step // 5] = dictionary.copy()
+    return step == 25
+
+  stopped = learn_map_dictionary(bars.x, 10, ALPHA, **dict(
+      OPTIONS, max_iter=1000), callback=callback)
+  np.testing.assert_array_equal(stopped, learned)
+  np.testing.assert_array_equal(snapshots[5], learned)
+  np.testing.assert_array_equal(
+      snapshots[2], learn_map_dictionary(bars.x, 10, ALPHA, **dict(
+          OPTIONS, max_iter=2)))
+  with pytest.raises(TypeError, match='callback'):
+    learn_map_dictionary(bars.x, 10, ALPHA, callback=3)
+
+
 def _l1_objective(x, dictionary, alpha):
   """Mean over points of min_s (1/2)||x - W s||^2 + alpha ||s||_1, and codes."""
   codes = sparse_encode(x, dictionary.T, algorithm='lasso_cd', alpha=alpha,

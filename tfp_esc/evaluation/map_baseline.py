@@ -31,6 +31,10 @@ from tfp_esc import _checks
 __all__ = ['learn_map_dictionary']
 
 
+class _Stop(Exception):
+  """Raised inside scikit-learn's fit loop when the callback asks to stop."""
+
+
 def _check_positive_int(value, name):
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise TypeError(f'{name} must be an int, got {value!r}.')
@@ -54,7 +58,8 @@ def _import_sklearn():
 
 
 def learn_map_dictionary(x, num_latents, alpha, *, seed=0, batch_size=256,
-                         max_iter=10, fit_algorithm='cd', early_stopping=True):
+                         max_iter=10, fit_algorithm='cd', early_stopping=True,
+                         callback=None):
   """Learns an l1 (MAP) sparse coding dictionary with scikit-learn.
 
   Args:
@@ -71,6 +76,12 @@ def learn_map_dictionary(x, num_latents, alpha, *, seed=0, batch_size=256,
     early_stopping: let scikit-learn stop before `max_iter` epochs when the
       dictionary or the smoothed objective stops changing (its defaults
       tol=1e-3, max_no_improvement=10); False runs exactly `max_iter` epochs.
+    callback: optional callable(step, dictionary) run after every minibatch
+      step (scikit-learn's own `callback`): step counts from 1, dictionary
+      is the current `[D, H]` (a view: copy what you keep). Returning True
+      stops training there, and that dictionary is returned. Since each
+      step depends only on the steps before it, the dictionary after k
+      epochs' steps is the one a run with max_iter=k returns.
 
   Returns:
     `[D, H]` NumPy dictionary of x's float dtype: scikit-learn's
@@ -81,7 +92,8 @@ def learn_map_dictionary(x, num_latents, alpha, *, seed=0, batch_size=256,
     ValueError: x not `[N, D]` with N, D >= 1 (shape printed), NaN/inf in x,
       num_latents / batch_size / max_iter < 1, alpha not positive and
       finite, unknown fit_algorithm.
-    TypeError: non-numeric x, non-int num_latents / batch_size / max_iter.
+    TypeError: non-numeric x, non-int num_latents / batch_size / max_iter,
+      callback not callable.
     ImportError: scikit-learn is missing (says how to install it).
   """
   x = np.asarray(x)
@@ -103,19 +115,33 @@ def learn_map_dictionary(x, num_latents, alpha, *, seed=0, batch_size=256,
   if fit_algorithm not in ('lars', 'cd'):
     raise ValueError(f"fit_algorithm must be 'lars' or 'cd', got "
                      f'{fit_algorithm!r}.')
+  if callback is not None and not callable(callback):
+    raise TypeError(f'callback must be callable, got {callback!r}.')
   learner_class, convergence_warning = _import_sklearn()
+  stopped = []
+
+  def on_step(state):
+    # scikit-learn passes its fit loop's locals: the step index i and the
+    # current components `[H, D]`.
+    if callback(state['i'] + 1, state['dictionary'].T):
+      stopped.append((state['i'] + 1, state['dictionary'].copy()))
+      raise _Stop()
+
   learner = learner_class(
       n_components=num_latents, alpha=alpha, max_iter=max_iter,
       batch_size=min(batch_size, x.shape[0]), fit_algorithm=fit_algorithm,
       tol=1e-3 if early_stopping else 0.0,
       max_no_improvement=10 if early_stopping else None,
-      random_state=int(seed))
+      random_state=int(seed), callback=None if callback is None else on_step)
   start = time.perf_counter()
   with warnings.catch_warnings(record=True) as caught:
     # The per-batch lasso solver warns about unconverged codes, often
     # hundreds of times; they are counted and logged once instead.
     warnings.simplefilter('always', convergence_warning)
-    learner.fit(x)
+    try:
+      learner.fit(x)
+    except _Stop:
+      learner.n_steps_, learner.components_ = stopped[0]
   num_unconverged = 0
   for w in caught:
     if issubclass(w.category, convergence_warning):
