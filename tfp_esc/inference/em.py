@@ -226,99 +226,111 @@ class EMTrainer:
                       jit_compile)
 
   # -- compiled steps ---------------------------------------------------------
+  # Plain methods, each wrapped once by `_build_steps`: the E-steps take
+  # their iteration count first (bound with functools.partial), and
+  # `_em_step_with` / `_refit_with` take the E-step they run.
 
   def _build_steps(self, iterations, eval_iterations, pairs, jit_compile):
-    names, family, floor = self._names, self.family, self.scale_floor
+    self._pairs = pairs
 
-    def unflatten(flat, params):
-      # The batch dimension may be unknown (retracing relaxes it): split by
-      # dynamic sizes and keep the static trailing dimensions.
-      sizes = tf.stack([tf.size(params[k]) for k in names])
-      pieces = tf.split(flat, sizes, num=len(names))
-      return {k: tf.reshape(p, [-1] + params[k].shape[1:].as_list())
-              for k, p in zip(names, pieces)}
-
-    def lbfgs(iterations):
-      return functools.partial(lbfgs_e_step, iterations)
-
-    def lbfgs_e_step(iterations, dictionary, params, x, coefficients):
-      flat = tf.concat([tf.reshape(params[k], [-1]) for k in names], 0)
-      count = tf.cast(tf.shape(x)[0], x.dtype)
-
-      def loss_and_gradient(position):
-        with tf.GradientTape() as tape:
-          tape.watch(position)
-          q = family.from_unconstrained(unflatten(position, params),
-                                        floor=floor)
-          terms = elbo_lib.entropy_elbo(x, dictionary, q, coefficients[0],
-                                        coefficients[1], coefficients[2])
-          loss = -count * terms.objective
-        return loss, tape.gradient(loss, position)
-
-      result = tfp.optimizer.lbfgs_minimize(
-          loss_and_gradient, initial_position=flat,
-          num_correction_pairs=pairs, max_iterations=iterations, tolerance=0.0)
-      return unflatten(result.position, params), result.num_iterations
-
-    def newton(iterations):
-      return functools.partial(newton_e_step_, iterations)
-
-    def newton_e_step_(iterations, dictionary, params, x, coefficients):
-      q = family.from_unconstrained(params, floor=floor)
-      loc, scale = newton_e_step(x, dictionary, q.loc, q.scale, coefficients,
-                                 iterations=iterations, floor=floor)
-      return (family(loc, scale).to_unconstrained(floor),
-              tf.constant(iterations, tf.int32))
-
-    def m_step(v, params, x, coefficients, step_size):
-      with tf.GradientTape() as tape:
-        tape.watch(v)
-        q = family.from_unconstrained(params, floor=floor)
-        terms = elbo_lib.entropy_elbo(x, normalize_columns(v), q,
-                                      coefficients[0], coefficients[1],
-                                      coefficients[2])
-      gradient = tape.gradient(terms.objective, v)
-      return v + step_size * gradient, terms.objective
-
-    def statistics(v, params, x):
-      q = family.from_unconstrained(params, floor=floor)
-      return elbo_lib.elbo_statistics(x, normalize_columns(v), q)
-
-    def em_step_of(e_step, m_step):
-      def em_step(v, params, x, coefficients, step_size):
-        params, count = e_step(normalize_columns(v), params, x, coefficients)
-        v, objective = m_step(v, params, x, coefficients, step_size)
-        return v, params, objective, count
-      return em_step
-
-    def refit_of(e_step, statistics):
-      def refit(v, params, x):
-        params, _ = e_step(normalize_columns(v), params, x,
-                           tf.ones([3], x.dtype))
-        return params, statistics(v, params, x)
-      return refit
-
-    def function(f, jit):
+    def compiled(f, jit):
       return tf.function(f, jit_compile=jit, reduce_retracing=True)
 
+    lbfgs = functools.partial(self._lbfgs_e_step, iterations)
     if self.e_step_method == 'lbfgs':
       # One XLA program per step: measured faster than compiling the
       # objective alone.
-      self._e_step = function(lbfgs(iterations), jit_compile)
-      self._em_step = function(em_step_of(lbfgs(iterations), m_step),
-                               jit_compile)
+      self._e_step = compiled(lbfgs, jit_compile)
+      self._em_step = compiled(functools.partial(
+          self._em_step_with, lbfgs, self._gradient_m_step), jit_compile)
     else:
       # Newton stays out of XLA; the M-step may use it.
-      self._e_step = function(newton(iterations), False)
-      self._em_step = em_step_of(self._e_step, function(m_step, jit_compile))
+      self._e_step = compiled(
+          functools.partial(self._newton_e_step, iterations), False)
+      self._em_step = functools.partial(
+          self._em_step_with, self._e_step,
+          compiled(self._gradient_m_step, jit_compile))
     # Evaluation re-fits with the most accurate E-step for the family,
     # whatever trains, so that methods are compared by one yardstick.
     if self.family.family == 'diagonal':
-      self._refit = refit_of(function(newton(eval_iterations), False),
-                             function(statistics, jit_compile))
+      self._refit = functools.partial(
+          self._refit_with,
+          compiled(functools.partial(self._newton_e_step, eval_iterations),
+                   False),
+          compiled(self._statistics, jit_compile))
     else:
-      self._refit = function(refit_of(lbfgs(eval_iterations), statistics),
-                             jit_compile)
+      self._refit = compiled(functools.partial(
+          self._refit_with,
+          functools.partial(self._lbfgs_e_step, eval_iterations),
+          self._statistics), jit_compile)
+
+  def _unflatten(self, flat, params):
+    """The dict of `params`' shapes from one flat vector.
+
+    The batch dimension may be unknown (retracing relaxes it): split by
+    dynamic sizes and keep the static trailing dimensions.
+    """
+    sizes = tf.stack([tf.size(params[k]) for k in self._names])
+    pieces = tf.split(flat, sizes, num=len(self._names))
+    return {k: tf.reshape(p, [-1] + params[k].shape[1:].as_list())
+            for k, p in zip(self._names, pieces)}
+
+  def _lbfgs_e_step(self, iterations, dictionary, params, x, coefficients):
+    """TFP L-BFGS on -B F_a over the batch's unconstrained parameters."""
+    flat = tf.concat([tf.reshape(params[k], [-1]) for k in self._names], 0)
+    count = tf.cast(tf.shape(x)[0], x.dtype)
+
+    def loss_and_gradient(position):
+      with tf.GradientTape() as tape:
+        tape.watch(position)
+        q = self.family.from_unconstrained(self._unflatten(position, params),
+                                           floor=self.scale_floor)
+        terms = elbo_lib.entropy_elbo(x, dictionary, q, coefficients[0],
+                                      coefficients[1], coefficients[2])
+        loss = -count * terms.objective
+      return loss, tape.gradient(loss, position)
+
+    result = tfp.optimizer.lbfgs_minimize(
+        loss_and_gradient, initial_position=flat,
+        num_correction_pairs=self._pairs, max_iterations=iterations,
+        tolerance=0.0)
+    return self._unflatten(result.position, params), result.num_iterations
+
+  def _newton_e_step(self, iterations, dictionary, params, x, coefficients):
+    """`newton_e_step` on the batch (diagonal posteriors)."""
+    q = self.family.from_unconstrained(params, floor=self.scale_floor)
+    loc, scale = newton_e_step(x, dictionary, q.loc, q.scale, coefficients,
+                               iterations=iterations, floor=self.scale_floor)
+    return (self.family(loc, scale).to_unconstrained(self.scale_floor),
+            tf.constant(iterations, tf.int32))
+
+  def _gradient_m_step(self, v, params, x, coefficients, step_size):
+    """One gradient-ascent step of F_a in V; returns (V, F_a)."""
+    with tf.GradientTape() as tape:
+      tape.watch(v)
+      q = self.family.from_unconstrained(params, floor=self.scale_floor)
+      terms = elbo_lib.entropy_elbo(x, normalize_columns(v), q,
+                                    coefficients[0], coefficients[1],
+                                    coefficients[2])
+    gradient = tape.gradient(terms.objective, v)
+    return v + step_size * gradient, terms.objective
+
+  def _statistics(self, v, params, x):
+    q = self.family.from_unconstrained(params, floor=self.scale_floor)
+    return elbo_lib.elbo_statistics(x, normalize_columns(v), q)
+
+  def _em_step_with(self, e_step, m_step, v, params, x, coefficients,
+                    step_size):
+    """E-step then M-step of one batch; returns (V, params, F_a, count)."""
+    params, count = e_step(normalize_columns(v), params, x, coefficients)
+    v, objective = m_step(v, params, x, coefficients, step_size)
+    return v, params, objective, count
+
+  def _refit_with(self, e_step, statistics, v, params, x):
+    """Non-annealed E-step, then the batch's `ElboStatistics`."""
+    params, _ = e_step(normalize_columns(v), params, x,
+                       tf.ones([3], x.dtype))
+    return params, statistics(v, params, x)
 
   # -- training ---------------------------------------------------------------
 
@@ -498,7 +510,9 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
     epochs: total number of EM epochs (a resumed run counts the ones done);
       a positive integer.
     refine_rounds: refinement rounds after the epochs ('incremental' only;
-      default `DEFAULT_REFINE_ROUNDS`, 0 for none).
+      default `DEFAULT_REFINE_ROUNDS`, 0 for none); at most that many:
+      they stop after a round that found no higher ELBO, since the next
+      would repeat it (`IncrementalEMTrainer.refine_converged`).
     checkpoint_path: optional .npz written atomically after every epoch and
       round; it records the run's config (engine, options, data shape and
       fingerprint, `checkpoint_config`).
@@ -569,7 +583,8 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
 
   while trainer.epoch < int(epochs):
     finish(trainer.run_epoch())
-  while getattr(trainer, 'refine_round', 0) < int(refine_rounds):
+  while (getattr(trainer, 'refine_round', 0) < int(refine_rounds)
+         and not getattr(trainer, 'refine_converged', False)):
     finish(trainer.run_refinement_round())
   return EMResult(dictionary=trainer.dictionary, params=trainer.params,
                   history=trainer.history)
