@@ -291,6 +291,8 @@ class IncrementalEMTrainer:
     self.sums = self._empty_sums()
     self.epoch = 0
     self.refine_round = 0
+    # True after a round that found no higher ELBO (see run_refinement_round).
+    self.refine_converged = False
     self._passes = 0
     self._seconds = 0.0
     self.history = {k: [] for k in (
@@ -527,6 +529,9 @@ class IncrementalEMTrainer:
     uninterrupted one. The round ends at the best evaluation it made (the
     dictionary, and the posteriors that evaluation left, whose F is an
     exact ELBO), or at its start if none was higher: it never lowers F.
+    In that last case `refine_converged` becomes True: a round is a
+    deterministic function of the state, so the next one would repeat this
+    one exactly (`fit_em` stops its rounds there).
 
     Returns:
       The round's history record.
@@ -583,9 +588,11 @@ class IncrementalEMTrainer:
     self.w, self.loc, self.scale, self.sums = (
         best['w'], best['loc'], best['scale'], best['sums'])
     if best['elbo'] == start_elbo:
-      logging.info('refinement round %d found no higher ELBO than its start '
-                   '(%.4f); kept its dictionary and posteriors.',
-                   self.refine_round + 1, start_elbo)
+      self.refine_converged = True
+      logging.info('refinement round %d found no higher ELBO than its start;'
+                   ' kept its dictionary and posteriors. Refinement has '
+                   'converged: a further round would repeat this one.',
+                   self.refine_round + 1)
     self._seconds += time.perf_counter() - start
     record = self._record('refine', NoAnnealing()(0), self._passes)
     self.refine_round += 1
@@ -638,6 +645,7 @@ class IncrementalEMTrainer:
     """
     self._fold_gain()
     state = {'epoch': self.epoch, 'refine_round': self.refine_round,
+             'refine_converged': self.refine_converged,
              'passes': self._passes, 'seed': self.seed,
              'seconds': self._seconds, 'history': self.history}
     annealing_scales = (np.zeros(0) if self._annealing_scales is None
@@ -676,6 +684,7 @@ class IncrementalEMTrainer:
                               if arrays['annealing_scales'].size else None)
     self.epoch = int(state['epoch'])
     self.refine_round = int(state['refine_round'])
+    self.refine_converged = bool(state.get('refine_converged', False))
     self._passes = int(state['passes'])
     self._seconds = float(state['seconds'])
     self.history = state['history']
