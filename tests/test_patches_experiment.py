@@ -110,6 +110,10 @@ def _refuses_other_runs(images, workdir):
     ({'e_step': 'newton'}, "^e_step is an option of engine 'paper'"),
     ({'method': 'amortized'}, "^e_step_iterations is an option of method "
                               "'em'"),
+    ({'strategy': 'mirrored'}, "^strategy 'mirrored' is an option of method "
+                               "'amortized'"),
+    ({'strategy': 'tpu'}, r"^strategy must be one of \['default', "
+                          "'mirrored'\]"),
 ])
 def test_bad_settings_raise_before_any_work(tmp_path, change, match):
   # The images do not exist: the config is refused before they are read.
@@ -138,6 +142,9 @@ def test_amortized_run_writes_outputs_and_resumes(images, tmp_path):
   assert gap['gap'] == pytest.approx(gap['refit_elbo'] - gap['encoder_elbo'])
   part = str(tmp_path / 'part')
   experiment.train_patches(dataclasses.replace(config, epochs=1), part)
-  resumed = experiment.train_patches(config, part, resume=True)
+  # The strategy says where a run trains, not which run it is: this one
+  # resumes under MirroredStrategy (one replica on a CPU-only machine).
+  resumed = experiment.train_patches(
+      dataclasses.replace(config, strategy='mirrored'), part, resume=True)
   np.testing.assert_allclose(resumed['history']['elbo'],
                              whole['history']['elbo'], rtol=1e-5)

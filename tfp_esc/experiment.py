@@ -19,6 +19,7 @@ import time
 import typing
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from tfp_esc import _checks, artifacts
@@ -33,7 +34,8 @@ from tfp_esc.inference.joint import INIT_SCALE, fit_joint
 from tfp_esc.objective.annealing import SCHEDULE_NAMES, get_schedule
 from tfp_esc.posterior.gaussian import FAMILIES
 
-__all__ = ['DTYPES', 'METHODS', 'POSTERIORS', 'BarsConfig', 'ConfigError',
+__all__ = ['DTYPES', 'METHODS', 'POSTERIORS', 'STRATEGIES', 'BarsConfig',
+           'ConfigError',
            'PatchesConfig', 'RestorationConfig', 'load_bars_data',
            'restore', 'train_bars', 'train_patches']
 
@@ -41,10 +43,15 @@ __all__ = ['DTYPES', 'METHODS', 'POSTERIORS', 'BarsConfig', 'ConfigError',
 POSTERIORS = tuple(sorted(FAMILIES))
 METHODS = ('em', 'amortized')
 DTYPES = ('float32', 'float64')
+# tf.distribute strategies of PatchesConfig.strategy: 'default' (one
+# device) or 'mirrored' (`tf.distribute.MirroredStrategy()`: every visible
+# GPU, else the CPU).
+STRATEGIES = ('default', 'mirrored')
 
-# Fields of PatchesConfig that say how far to train, not which run it is: a
-# resumed run may raise them (the checkpoint records everything else).
-_EXTENT_FIELDS = ('epochs', 'refine_rounds')
+# Fields of PatchesConfig that say how far to train, or on what devices,
+# not which run it is: a resumed run may change them (the checkpoint records
+# everything else).
+_EXTENT_FIELDS = ('epochs', 'refine_rounds', 'strategy')
 
 
 class ConfigError(ValueError):
@@ -303,7 +310,7 @@ class PatchesConfig:
     e_step: engine 'paper': E-step, 'lbfgs' or 'newton' (diagonal only);
       None: L-BFGS (see `tfp_esc.inference.em.EMTrainer`).
     e_step_iterations: iterations per EM E-step; None: the engine's default
-      (incremental 8 per revisit; paper 10 Newton or 100 L-BFGS).
+      (incremental 16 per revisit; paper 10 Newton or 100 L-BFGS).
     m_step_size: engine 'paper': gradient step on the dictionary.
     learning_rate: Adam learning rate (amortized).
     hidden_units: width of the encoder's layers (amortized).
@@ -311,6 +318,10 @@ class PatchesConfig:
     dtype: 'float32' or 'float64'.
     gini_samples: posterior samples per point for the Gini index.
     gini_points: at most this many points enter the Gini index.
+    strategy: method 'amortized': 'default' (one device) or 'mirrored'
+      (`tf.distribute.MirroredStrategy()` over every visible GPU; the
+      batch is split among them, see `fit_amortized`). The EM engines run
+      on one device.
   """
   method: str = _field('em', choices=METHODS)
   engine: str = _field('incremental', choices=ENGINES)
@@ -335,6 +346,7 @@ class PatchesConfig:
   dtype: str = _field('float32', choices=DTYPES)
   gini_samples: int = _field(10, minimum=1)
   gini_points: int = _field(2048, minimum=1)
+  strategy: str = _field('default', choices=STRATEGIES)
 
   def validate(self):
     """Checks every field; raises `ConfigError` naming the first bad one.
@@ -352,6 +364,10 @@ class PatchesConfig:
       name = 'e_step' if self.e_step is not None else 'warm_start'
       raise ConfigError(name, f"{name} is an option of engine 'paper', not "
                         'of the incremental engine.')
+    if self.method == 'em' and self.strategy != 'default':
+      raise ConfigError('strategy', f"strategy {self.strategy!r} is an "
+                        "option of method 'amortized'; the EM engines run "
+                        'on one device.')
     if self.method == 'amortized' and (
         self.e_step is not None or self.e_step_iterations is not None):
       name = 'e_step' if self.e_step is not None else 'e_step_iterations'
@@ -537,7 +553,9 @@ def _train_patches_amortized(config, x, workdir, checkpoint, resume):
       # TensorBoard logs when it is installed; no warning when it is not.
       tensorboard_dir=(os.path.join(workdir, 'tensorboard')
                        if importlib.util.find_spec('tensorboard') else None),
-      on_epoch_end=gini, verbose=0)
+      on_epoch_end=gini, verbose=0,
+      strategy=(tf.distribute.MirroredStrategy()
+                if config.strategy == 'mirrored' else None))
   return model.dictionary.numpy(), history, model
 
 

@@ -93,6 +93,23 @@ def _check_model_args(x, num_latents, posterior, rank, learning_rate, seed,
   return x
 
 
+def _sum_over_replicas(statistics):
+  """`ElboStatistics` of the whole batch under a `tf.distribute` strategy.
+
+  In a replica context with R > 1 replicas (inside `strategy.run`, e.g.
+  Keras `fit` under `MirroredStrategy`), each replica holds B / R points of
+  the batch; F needs lambda*, sigma^2* of the whole batch, so the sums are
+  all-reduced before F is formed. The all-reduce is differentiable (its
+  gradient is the all-reduce of the replicas' upstream gradients). With one
+  replica, or outside a replica context, the sums are returned unchanged.
+  """
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return statistics
+  return elbo_lib.ElboStatistics(*context.all_reduce(
+      tf.distribute.ReduceOp.SUM, list(statistics)))
+
+
 def _inverse_softplus(value, floor, name):
   """raw with softplus(raw) + floor = value (> floor), as a float."""
   value = float(value)
@@ -236,8 +253,10 @@ class AmortizedSparseCoding(keras.Model):
 
   def _terms(self, x, posterior):
     a = tf.convert_to_tensor(self.coefficients)
-    return elbo_lib.entropy_elbo(x, self.dictionary, posterior, a[0], a[1],
-                                 a[2])
+    statistics = _sum_over_replicas(
+        elbo_lib.elbo_statistics(x, self.dictionary, posterior))
+    return elbo_lib.entropy_elbo_from_statistics(
+        statistics, self.v.shape[0], a[0], a[1], a[2])
 
   def _step_seed(self):
     """Stateless seed `[2]` int32: [sample_seed, optimizer step]."""
@@ -295,6 +314,13 @@ class AmortizedSparseCoding(keras.Model):
       loss = tf.debugging.assert_all_finite(
           -objective, f'amortized train_step: the {self.objective} objective '
           'of this batch is NaN or inf (check the data and the learning rate)')
+      # Keras' optimizer sums the replicas' gradients. The analytic F is
+      # formed from all-reduced sums, whose gradient is itself all-reduced
+      # (`_sum_over_replicas`), and the sampled ELBO is each replica's mean
+      # over its share: either way 1 / R per replica gives the gradient of
+      # the whole batch's objective.
+      loss = loss / tf.cast(
+          tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
     gradients = tape.gradient(loss, self.trainable_variables)
     self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
     return self._update(values)
@@ -535,7 +561,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
                   seed=0, hidden_units=256, num_blocks=2, checkpoint_path=None,
                   resume=False, overwrite=False, checkpoint_config=None,
                   tensorboard_dir=None, on_epoch_end=None, verbose=1,
-                  objective='analytic', num_samples=1, family=None):
+                  objective='analytic', num_samples=1, family=None,
+                  strategy=None):
   """Trains encoder and dictionary by Adam on F_a (the Keras way).
 
   Args:
@@ -566,6 +593,14 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
       lambda, sigma^2; see `AmortizedSparseCoding`).
     num_samples: S >= 1, samples per point and step (sampled objective).
     family: deprecated name of `posterior`.
+    strategy: optional `tf.distribute.Strategy` (default: the current one,
+      i.e. one device). The model is built and trained in its scope; Keras
+      splits every batch across the replicas, which all-reduce the ELBO's
+      sums (`_sum_over_replicas`), so a `MirroredStrategy` over several
+      devices follows the one-device run up to the order of float sums
+      (analytic objective; the sampled one draws its noise per replica).
+      `MultiWorkerMirroredStrategy` runs the same code on several machines
+      (README). batch_size is the global batch, divided among replicas.
 
   Returns:
     (model, history): the trained `AmortizedSparseCoding` and per-epoch lists
@@ -575,7 +610,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
   Raises:
     ValueError: bad shapes, NaN/inf data, batch_size > N, an unknown
       objective, num_samples < 1, an annealing schedule with the sampled
-      objective.
+      objective, a batch_size not divisible by the strategy's replicas.
+    TypeError: a strategy that is not a `tf.distribute.Strategy`.
   """
   posterior = _posterior_name(posterior, family)
   x = _check_model_args(x, num_latents, posterior, rank, learning_rate, seed,
@@ -596,12 +632,23 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
   if on_epoch_end is not None and not callable(on_epoch_end):
     raise TypeError(f'on_epoch_end must be callable or None, got '
                     f'{type(on_epoch_end).__name__}.')
+  if strategy is None:
+    strategy = tf.distribute.get_strategy()
+  if not isinstance(strategy, tf.distribute.Strategy):
+    raise TypeError('strategy must be a tf.distribute.Strategy or None, got '
+                    f'{type(strategy).__name__}.')
+  replicas = strategy.num_replicas_in_sync
+  if batch_size % replicas:
+    raise ValueError(f'batch_size ({batch_size}) must be divisible by the '
+                     f"strategy's {replicas} replicas, so that every replica "
+                     'gets the same share of each batch.')
   x = tf.constant(x)
-  model = make_amortized_model(
-      x, num_latents, posterior=posterior, rank=rank,
-      learning_rate=learning_rate,
-      seed=seed, hidden_units=hidden_units, num_blocks=num_blocks,
-      objective=objective, num_samples=num_samples)
+  with strategy.scope():
+    model = make_amortized_model(
+        x, num_latents, posterior=posterior, rank=rank,
+        learning_rate=learning_rate,
+        seed=seed, hidden_units=hidden_units, num_blocks=num_blocks,
+        objective=objective, num_samples=num_samples)
   history, seconds, initial_epoch = {}, 0.0, 0
   config = {**(checkpoint_config or {})}
   for k, v in dict(
@@ -613,7 +660,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
       data=_checkpoint.data_fingerprint(x.numpy())).items():
     config.setdefault(k, v)
   if _checkpoint.check_start(checkpoint_path, resume, overwrite):
-    state = _restore_state(checkpoint_path, model, config)
+    with strategy.scope():
+      state = _restore_state(checkpoint_path, model, config)
     history, seconds = state['history'], state['seconds']
     initial_epoch = int(state['epoch'])
     if initial_epoch > epochs:
