@@ -11,8 +11,10 @@ data's root mean square (`tfp_esc.inference._training`), so:
   * any other c: c x / s' differs from x / s by about one rounding per
     entry, and the results agree as closely as each optimiser's sensitivity
     to that allows. Measured on bars 8x5x5, c in {1e6, 1e-6, 3.7} (float64):
-    relative differences <= 1e-11 (joint, paper EM, amortized), 4e-9
-    (incremental EM), 2e-7 (evaluate_dictionary), asserted at 1e-6; float32:
+    relative differences <= 1e-11 (joint, paper EM, amortized), 1.6e-6
+    (incremental EM, since its refinement keeps the best of nearly equal
+    evaluations; 4e-9 before), 2e-7 (evaluate_dictionary), asserted at
+    1e-5; float32:
     <= 4e-6 (amortized), 7e-5 (paper EM), 2e-3 (joint, incremental EM),
     1.3e-2 (evaluate_dictionary, whose unconverged L-BFGS fit moves most),
     asserted at 3e-2. (Untouched by the scale: powers of two are exact.)
@@ -32,8 +34,10 @@ from tfp_esc.inference.amortized import fit_amortized
 
 H = 10
 # Non-power-of-two factors: agreement to the optimisers' sensitivity to one
-# rounding of the input (see the module doc).
-FLOAT64_RTOL = 1e-6
+# rounding of the input (measured values in the module doc). The bugs this
+# guards against (no normalisation, the -D log s shift dropped) move the
+# results by O(1).
+FLOAT64_RTOL = 1e-5
 FLOAT32_RTOL = 3e-2
 
 
