@@ -558,23 +558,13 @@ class IncrementalEMTrainer:
     # evaluation, though, leaves stored posteriors whose F at that W is an
     # exact ELBO; the round keeps the best of them (its start included), so
     # refinement never lowers the ELBO and keeps any progress L-BFGS made.
-    best = {'elbo': float(self._normalised_terms().elbo)}
-
-    def keep_best():
-      # Into the same buffers after the first copy: at the paper's size
-      # (204,800 x 100) a fresh copy of the posteriors per improvement
-      # raised the peak resident memory from 1.80 to 2.10 GB.
-      if 'loc' not in best:
-        best.update(loc=self.loc.copy(), scale=self.scale.copy())
-      else:
-        np.copyto(best['loc'], self.loc)
-        np.copyto(best['scale'], self.scale)
-      best.update(w=self.w.copy(),
-                  sums=_Sums(*(np.copy(a)
-                               for a in dataclasses.astuple(self.sums))))
-
-    keep_best()
-    start_elbo = best['elbo']
+    # W and the sums are replaced (not changed in place) by every
+    # evaluation, so references keep them; the posteriors are written in
+    # place, so the best ones are copied into one buffer (a fresh copy per
+    # improvement raised the paper size's peak memory from 1.80 to 2.10 GB).
+    start_elbo = float(self._normalised_terms().elbo)
+    best = {'elbo': start_elbo, 'w': self.w, 'sums': self.sums}
+    best_loc, best_scale = self.loc.copy(), self.scale.copy()
 
     def negative_profile(flat):
       v = flat.reshape(shape)
@@ -582,8 +572,9 @@ class IncrementalEMTrainer:
       self.sums = self._profile_pass(self.w, parts)
       terms = self._normalised_terms()
       if float(terms.elbo) > best['elbo']:
-        best['elbo'] = float(terms.elbo)
-        keep_best()
+        best.update(elbo=float(terms.elbo), w=self.w, sums=self.sums)
+        np.copyto(best_loc, self.loc)
+        np.copyto(best_scale, self.scale)
       return (-float(terms.elbo),
               -dictionary_gradient(v, self.sums, self.x.shape[1]).ravel())
 
@@ -593,8 +584,8 @@ class IncrementalEMTrainer:
                  'maxfun': 2 * self.refine_iterations, 'maxcor': 10,
                  'ftol': 0.0, 'gtol': 0.0})
     self.w, self.sums = best['w'], best['sums']
-    np.copyto(self.loc, best['loc'])
-    np.copyto(self.scale, best['scale'])
+    np.copyto(self.loc, best_loc)
+    np.copyto(self.scale, best_scale)
     if best['elbo'] == start_elbo:
       self.refine_converged = True
       logging.info('refinement round %d found no higher ELBO than its start;'
