@@ -17,7 +17,9 @@ dictionary, prior annealing scale 10.
   gradient M-step), measured in the same run; `speedup_vs_paper_protocol`.
 * `batch_objective`: F_a of one batch (its own lambda*, sigma^2*) after each
   E-step from the same fresh start, for a_prior = 10 and 1: the new E-step
-  (the first-visit iterations) against 100 L-BFGS iterations, with seconds.
+  (the first-visit iterations) against 100 L-BFGS iterations, with seconds;
+  and `mm_rescaled`, the same E-step with the latent rescaling
+  (--rescaled_iterations), an option the default engine does not use.
 * `em_newton_step_seconds`: the Newton E-step of engine 'paper'.
 * `amortized_step_seconds`: one Adam step (XLA) of the ResNet-like encoder.
 * With --peer_json (the JSON line of `../shared/peer/peer_timing.py`, run
@@ -55,6 +57,9 @@ flags.DEFINE_string('peer_json', None,
                     "paper's code), for the speed-up against it.")
 flags.DEFINE_bool('skip_amortized', False, 'Only time the EM steps.')
 flags.DEFINE_integer('hidden_units', 256, 'Width of the amortized encoder.')
+flags.DEFINE_integer('rescaled_iterations', 20,
+                     'Iterations of the E-step with the latent rescaling '
+                     '(`mm_e_step(rescale=True)`, not the default engine\'s).')
 
 
 def _median_seconds(step, num_steps):
@@ -123,16 +128,21 @@ def batch_objectives(x, coefficients):
   incremental = IncrementalEMTrainer(x, 1)
   iterations = incremental.first_visit_iterations
   rms = incremental.data_scale
-  mm = tf.function(lambda: mm_e_step(
-      batch / rms, w, tf.zeros(shape, x.dtype), tf.ones(shape, x.dtype), c,
-      iterations=iterations, floor=incremental.floor,
-      inner_iterations=INNER_ITERATIONS), jit_compile=True)
+  def mm_function(iterations, rescale):
+    return tf.function(lambda: mm_e_step(
+        batch / rms, w, tf.zeros(shape, x.dtype), tf.ones(shape, x.dtype), c,
+        iterations=iterations, floor=incremental.floor,
+        inner_iterations=INNER_ITERATIONS, rescale=rescale), jit_compile=True)
+
+  mm = mm_function(iterations, False)
+  mm_rescaled = mm_function(FLAGS.rescaled_iterations, True)
   trainer = _trainer(x, 'lbfgs', 100)
   trainer.v = w.numpy()
   indices = np.arange(FLAGS.batch_size)
   out = {}
   for name, run in (
       ('mm', lambda: DiagonalGaussian(*mm())),
+      ('mm_rescaled', lambda: DiagonalGaussian(*mm_rescaled())),
       ('lbfgs_100', lambda: DiagonalGaussian.from_unconstrained(
           trainer.e_step(indices, coefficients, fresh=True)[1]))):
     run()  # compile
@@ -145,6 +155,7 @@ def batch_objectives(x, coefficients):
                                                  *coefficients).objective),
                  'seconds': seconds}
   out['mm']['iterations'] = iterations
+  out['mm_rescaled']['iterations'] = FLAGS.rescaled_iterations
   return out
 
 

@@ -254,7 +254,9 @@ def test_refinement_never_lowers_the_elbo_and_keeps_its_progress():
   below the round's start (the profile's value depends on earlier
   evaluations), so every round was undone and refinement bought nothing;
   keeping the best evaluation of the round both never lowers the ELBO and
-  keeps the progress (measured: EM -15.26, rounds -11.88, -9.44)."""
+  keeps the progress (measured: EM -15.26, rounds -11.88, -9.44). Since
+  the M-step holds columns whose codes would shrink below the floor, EM
+  itself reaches -9.53 here and the two rounds add 0.26 (-9.26)."""
   from tfp_esc import make_bars
   x = make_bars(num_points=1000, seed=0).x
   result = fit_em(x, 10, epochs=10, refine_rounds=2, batch_size=256, seed=0)
@@ -263,4 +265,16 @@ def test_refinement_never_lowers_the_elbo_and_keeps_its_progress():
   last_em = max(i for i, p in enumerate(phases) if p == 'em')
   for i in range(last_em + 1, len(elbo)):
     assert elbo[i] >= elbo[i - 1] - 1e-9, (elbo, phases)
-  assert elbo[-1] > elbo[last_em] + 3.0, (elbo, phases)
+  assert elbo[-1] > elbo[last_em] + 0.1, (elbo, phases)
+
+
+def test_epochs_never_lower_the_elbo_when_latents_shrink():
+  # Bars, seed 0: an M-step shrank a near-dead latent's codes below the
+  # E-step's floor, the next E-step raised them to it, and the epoch's ELBO
+  # fell (-14.04 -> -14.14 at epoch 4). The M-step now holds such columns
+  # (its doc), so every epoch's ELBO is at least the one before.
+  data = make_bars(500, seed=0)
+  result = fit_em(data.x, 10, epochs=6, refine_rounds=0, seed=0,
+                  batch_size=100)
+  elbo = np.asarray(result.history['elbo'])
+  assert np.all(np.diff(elbo) >= -1e-9 * np.abs(elbo[1:])), elbo

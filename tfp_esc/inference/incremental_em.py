@@ -286,6 +286,10 @@ class IncrementalEMTrainer:
     self.scale = np.full(shape, self._init_scale, self.x.dtype)
     self.seen = np.zeros(num_points, bool)
     self._gain = np.ones(self.num_latents)
+    # A lower bound of each latent's smallest stored scale (times the gain)
+    # over the seen points: exact after `_recompute_sums`, lowered by every
+    # E-step and moved by every M-step in between.
+    self._scale_low = np.full(self.num_latents, np.inf)
     # lambda held fixed while a_prior > 1 (see the class doc).
     self._annealing_scales = None
     self.sums = self._empty_sums()
@@ -339,11 +343,14 @@ class IncrementalEMTrainer:
     seen = self.seen[indices]
     x = self.x[indices]
     loc = self.loc[indices] * self._gain.astype(self.x.dtype)
-    scale = np.maximum(self.scale[indices] * self._gain.astype(self.x.dtype),
-                       2.0 * self.floor).astype(self.x.dtype)
+    scale = self.scale[indices] * self._gain.astype(self.x.dtype)
     # The batch's current share of the sums, in float64 (unseen points
-    # have none yet; they start from nu = 0, s = rms).
-    old = _float64_contribution(x[seen], loc[seen], scale[seen])
+    # have none yet; they start from nu = 0, s = rms), from the parameters
+    # the sums hold: an M-step can shrink a latent's scales below the floor.
+    old = (_float64_contribution(x[seen], loc[seen], scale[seen])
+           if np.any(seen) else self._empty_sums())
+    # The E-step starts above the floor.
+    scale = np.maximum(scale, 2.0 * self.floor).astype(self.x.dtype)
     loc[~seen] = 0.0
     scale[~seen] = self._init_scale
     context = (self.sums - old).context(self.w, self.dtype)
@@ -376,26 +383,44 @@ class IncrementalEMTrainer:
     self.loc[indices] = new_loc / self._gain
     self.scale[indices] = new_scale / self._gain
     self.seen[indices] = True
+    self._scale_low = np.minimum(self._scale_low, new_scale.min(0))
     if self.train_dictionary:
       self._m_step()
 
   def _m_step(self):
-    """W = normalised B A^-1, codes rescaled by the column norms (exact)."""
+    """W = normalised B A^-1, codes rescaled by the column norms (exact).
+
+    Some columns are held at their current unit vectors instead, the
+    others solved given them (block least squares: the current W is
+    feasible, so sigma^2* does not rise and F does not fall):
+    - a latent whose means are all zero (pruned, e.g. under prior
+      annealing): B_h = 0, its norm is zero;
+    - a latent whose rescaling would take a stored scale below twice the
+      scale floor. The E-step starts above the floor, and raising such
+      scales there would lower F (bars and unseen photographs, at the end
+      of prior annealing: a near-dead latent's codes shrank by 1e-9 per
+      M-step and F fell by 170 nats over 7 batches).
+    """
     sums = self.sums
-    free = np.linalg.solve(sums.second_moment, sums.cross.T).T     # [D, H]
-    norms = np.linalg.norm(free, axis=0)
-    if not np.all(np.isfinite(norms)):
-      raise FloatingPointError(
-          f'incremental EM epoch {self.epoch}: the M-step gave a non-finite '
-          'dictionary.')
-    # A latent whose means are all zero (pruned, e.g. under prior
-    # annealing) has B_h = 0 and decouples from the others in A: its column
-    # does not enter the reconstruction, so it keeps its old unit column (and
-    # its codes their scale) and may come back later. The other columns are
-    # still the exact least-squares solution, so F does not fall.
-    dead = norms <= DEAD_COLUMN * max(float(norms.max()), 1e-300)
-    free[:, dead] = self.w[:, dead]
-    norms[dead] = 1.0
+    held = np.zeros(self.num_latents, bool)
+    for _ in range(self.num_latents):
+      free = self.w.copy()
+      live = ~held
+      rhs = sums.cross[:, live] - self.w[:, held] @ sums.second_moment[
+          np.ix_(held, live)]
+      free[:, live] = np.linalg.solve(
+          sums.second_moment[np.ix_(live, live)], rhs.T).T
+      norms = np.linalg.norm(free, axis=0)
+      if not np.all(np.isfinite(norms)):
+        raise FloatingPointError(
+            f'incremental EM epoch {self.epoch}: the M-step gave a '
+            'non-finite dictionary.')
+      norms[held] = 1.0
+      hold = live & ((norms <= DEAD_COLUMN * max(float(norms.max()), 1e-300))
+                     | (norms * self._scale_low < 2.0 * self.floor))
+      if not np.any(hold):
+        break
+      held |= hold
     self.w = free / norms
     sums.second_moment *= np.outer(norms, norms)
     sums.cross *= norms
@@ -404,6 +429,7 @@ class IncrementalEMTrainer:
       self._annealing_scales = self._annealing_scales * norms
     sums.log_scale += sums.count * float(np.sum(np.log(norms)))
     self._gain *= norms
+    self._scale_low *= norms
 
   def _fold_gain(self):
     self.loc *= self._gain.astype(self.loc.dtype)
@@ -414,11 +440,15 @@ class IncrementalEMTrainer:
     """The sums from scratch over the seen points (float64, in chunks)."""
     self._fold_gain()
     sums = self._empty_sums()
+    low = np.full(self.num_latents, np.inf)
     for indices in self._chunks():
       seen = indices[self.seen[indices]]
       sums = sums + _float64_contribution(self.x[seen], self.loc[seen],
                                           self.scale[seen])
+      if len(seen):
+        low = np.minimum(low, self.scale[seen].min(0))
     self.sums = sums
+    self._scale_low = low
 
   def elbo_terms(self, a_q=1.0, a_prior=1.0, a_lik=1.0):
     """F (and F_a) of the stored posteriors of the seen points, from the sums.

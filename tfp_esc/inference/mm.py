@@ -43,6 +43,35 @@ as a function of the batch's parameters, which stays bounded even under
 prior annealing (a_prior > 1): shrinking the batch's codes cannot shrink the
 other points' share of lambda*.
 
+Rescaling the latents: the coupling through lambda*, sigma^2* makes the
+iterations above a block-coordinate ascent, which creeps along one kind of
+direction: a common rescaling of each latent's codes across the batch,
+nu_nh -> c_h nu_nh, s_nh -> c_h s_nh (c_h > 0), which moves lambda_h* and
+sigma^2* with it. With lambda, sigma^2 held at their optimal values a fresh
+batch (B = 512, H = 100, a_prior = 1) converges in 10 iterations; coupled,
+it was still 0.06 nats/point short of that after 400. So after every
+iteration the step also raises F_a over u = log c `[H]`, in closed form
+from H-vectors and one `[H, H]` matrix (A(c m, c s) = c A(m, s)):
+
+  Delta F(u) = a_q B sum_h u_h
+               - a_prior N sum_h log(1 + (c_h - 1) M_h / (M_h^ctx + M_h))
+               - a_lik (N D / 2) log(1 + Delta R(c) / R),
+  Delta R(c) = -2 (c - 1)^T P + (c - 1)^T Q (c + 1),
+
+with M_h the batch's sum_n A(nu_nh, s_nh) (M^ctx the context's), P_h =
+sum_n nu_nh (W^T x_n)_h, Q = G o sum_n (nu_n nu_n^T + diag(s_n^2)) (o the
+elementwise product), R the reconstruction sum of batch and context and N,
+D its counts (fixed lambda or sigma^2 replace their logarithms by the
+linear terms of L_a). Two Newton steps on u (the Hessian's concave part,
+solved by conjugate gradients; the step whole, halved or quartered, kept
+only where Delta F > 0, so F_a never falls) lift the fresh batch above to
+-60.234 in 20 iterations (18 ms), where 60 iterations without it reached
+-60.349 (39 ms) and 100 L-BFGS iterations -60.280. It is an option
+(`rescale`), not the default: see `mm_e_step`. With lambda and sigma^2 both fixed the
+objective separates over points and there is nothing to rescale; under an
+observation mask Q would need a `[D, H]` product per point, so masked
+E-steps skip it.
+
 Observation masks (missing entries, `tfp_esc.objective.elbo`'s module doc):
 the quadratic becomes nu^T W^T M_n W nu with M_n = diag(m_n), applied as
 W^T (m_n * (W nu)) at the same cost per iteration (two `[B, D] x [D, H]`
@@ -68,6 +97,11 @@ _STEP_FRACTIONS = (1.0, 0.5)
 # every iteration monotone whatever L is).
 _POWER_ITERATIONS = 30
 _LIPSCHITZ_MARGIN = 1.05
+# The rescaling (module doc): Newton steps on u, conjugate-gradient steps
+# per Newton step, and the step lengths tried.
+_RESCALING_NEWTON_STEPS = 2
+_CONJUGATE_GRADIENT_STEPS = 12
+_RESCALING_FRACTIONS = (1.0, 0.5, 0.25)
 
 
 def empty_context(num_latents, dtype):
@@ -149,9 +183,126 @@ def _two_variable_newton(target, loc, scale, k, k_s, b, a_q, floor,
   return nu, s, magnitude
 
 
+def _conjugate_gradient(matrix, rhs):
+  """Jacobi-preconditioned CG for `matrix` `[H, H]` (SPD) x = rhs `[H]`."""
+  inverse_diagonal = 1.0 / tf.linalg.diag_part(matrix)
+  tiny = tf.constant(1e-30, rhs.dtype)
+
+  def body(i, solution, residual, direction, product):
+    image = tf.linalg.matvec(matrix, direction)
+    alpha = product / tf.maximum(tf.reduce_sum(direction * image), tiny)
+    solution += alpha * direction
+    residual -= alpha * image
+    preconditioned = inverse_diagonal * residual
+    new_product = tf.reduce_sum(residual * preconditioned)
+    direction = preconditioned + (new_product / tf.maximum(product, tiny)
+                                  ) * direction
+    return i + 1, solution, residual, direction, new_product
+
+  preconditioned = inverse_diagonal * rhs
+  # A loop, not unrolled: it keeps XLA's compile time down.
+  _, solution, *_ = tf.while_loop(
+      lambda i, *_: i < _CONJUGATE_GRADIENT_STEPS, body,
+      (tf.constant(0), tf.zeros_like(rhs), rhs, preconditioned,
+       tf.reduce_sum(rhs * preconditioned)))
+  return solution
+
+
+def _latent_rescaling(loc, scale, magnitude, gram, projected, batch_size,
+                      coefficients, totals, floor, fixed_scales, fixed_noise):
+  """(u, Delta F(u)): u = log c `[H]` with Delta F(u) >= 0 (module doc), zero
+  if no step raised F_a.
+
+  Args:
+    loc, scale, magnitude: `[B, H]` nu, s and A(nu, s) of the batch.
+    gram: `[H, H]` G = W^T W.
+    projected: `[B, H]` W^T x.
+    batch_size: scalar float B.
+    coefficients: (a_q, a_prior, a_lik) scalars.
+    totals: (count N, num_observed N D, reconstruction R of batch and
+      context, context_magnitude `[H]`).
+    floor: the scale floor; every s_nh c_h stays above it.
+    fixed_scales: None, `[H]` or `[B, H]` lambda held fixed.
+    fixed_noise: None or the scalar sigma^2 held fixed.
+  """
+  a_q, a_prior, a_lik = coefficients
+  count, num_observed, reconstruction, context_magnitude = totals
+  quadratic = gram * (tf.matmul(loc, loc, transpose_a=True) + tf.linalg.diag(
+      tf.reduce_sum(tf.square(scale), 0)))                           # Q
+  linear = tf.reduce_sum(loc * projected, 0)                         # P
+  if fixed_scales is None:
+    batch_magnitude = tf.reduce_sum(magnitude, 0)                    # M
+    magnitude_share = batch_magnitude / (context_magnitude + batch_magnitude)
+  else:
+    weighted_magnitude = tf.reduce_sum(magnitude / fixed_scales, 0)
+  ones = tf.ones_like(linear)
+  # c_h s_nh stays half-way between the smallest s_nh and the floor.
+  lowest = tf.math.log(0.5 * (1.0 + floor / tf.reduce_min(scale, 0)))
+
+  def change_of_reconstruction(c, c_minus_1):
+    return (-2.0 * tf.reduce_sum(c_minus_1 * linear)
+            + tf.reduce_sum(c_minus_1 * tf.linalg.matvec(quadratic, c + ones)))
+
+  def change_of_objective(u):
+    c, c_minus_1 = tf.exp(u), tf.math.expm1(u)
+    value = a_q * batch_size * tf.reduce_sum(u)
+    if fixed_scales is None:
+      value -= a_prior * count * tf.reduce_sum(
+          tf.math.log1p(c_minus_1 * magnitude_share))
+    else:
+      value -= a_prior * tf.reduce_sum(c_minus_1 * weighted_magnitude)
+    change = change_of_reconstruction(c, c_minus_1)
+    if fixed_noise is None:
+      value -= 0.5 * a_lik * num_observed * tf.math.log1p(
+          change / reconstruction)
+    else:
+      value -= 0.5 * a_lik * change / fixed_noise
+    return tf.where(tf.math.is_finite(value), value,
+                    tf.constant(-math.inf, value.dtype))
+
+  def newton_step(i, u, best):
+    c, c_minus_1 = tf.exp(u), tf.math.expm1(u)
+    gradient_of_reconstruction = 2.0 * c * (tf.linalg.matvec(quadratic, c)
+                                            - linear)       # dR/du
+    gradient = a_q * batch_size * ones
+    curvature = tf.zeros_like(u)
+    if fixed_scales is None:
+      share = c * magnitude_share / (1.0 + c_minus_1 * magnitude_share)
+      gradient -= a_prior * count * share
+      curvature += a_prior * count * share * (1.0 - share)
+    else:
+      gradient -= a_prior * c * weighted_magnitude
+      curvature += a_prior * c * weighted_magnitude
+    if fixed_noise is None:
+      weight = a_lik * num_observed / (
+          reconstruction + change_of_reconstruction(c, c_minus_1))
+    else:
+      weight = a_lik / fixed_noise
+    gradient -= 0.5 * weight * gradient_of_reconstruction
+    curvature += 0.5 * weight * tf.nn.relu(gradient_of_reconstruction)
+    # The concave part of -Hessian: the reconstruction's c^T Q c in u, the
+    # prior's diagonal, and a ridge that keeps CG well posed.
+    hessian = weight * quadratic * c[:, None] * c[None, :] + tf.linalg.diag(
+        curvature + 1e-6 * tf.reduce_max(curvature) + 1e-30)
+    step = tf.clip_by_value(_conjugate_gradient(hessian, gradient), -1.0, 1.0)
+    start = u
+    for fraction in _RESCALING_FRACTIONS:
+      candidate = tf.maximum(start + fraction * step, lowest)
+      value = change_of_objective(candidate)
+      better = value > best
+      u = tf.where(better, candidate, u)
+      best = tf.where(better, value, best)
+    return i + 1, u, best
+
+  _, u, best = tf.while_loop(
+      lambda i, *_: i < _RESCALING_NEWTON_STEPS, newton_step,
+      (tf.constant(0), tf.zeros_like(linear), tf.zeros([], linear.dtype)))
+  return u, best
+
+
 def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
               context=None, scales=None, noise_variance=None,
-              inner_iterations=2, mask=None):
+              inner_iterations=2, mask=None, rescale=False):
   """Raises F_a of a batch (with `context`) over diagonal posteriors.
 
   Args:
@@ -181,6 +332,12 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
     mask: optional `[B, D]` float of 0/1, 1 where x is observed: the
       likelihood runs over observed entries only (module doc). The
       `context` points then count as fully observed.
+    rescale: True ends every iteration with the latent rescaling (module
+      doc), skipped under a mask and where lambda and sigma^2 are both
+      fixed. Off by default: it reaches a fresh batch's optimum several
+      times faster, but inside incremental EM it let codes' scales reach
+      the floor, where the M-step must hold their columns, and bars (500
+      points, seed 0) ended at ELBO -39.1 instead of -9.4.
 
   Returns:
     (loc, scale): `[B, H]` float each, with scale > floor; F_a(batch +
@@ -221,6 +378,7 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
       return tf.matmul(mask * tf.matmul(nu, dictionary, transpose_b=True),
                        dictionary)
   projected = tf.matmul(x, dictionary)                               # [B, H]
+  batch_size = tf.cast(tf.shape(x)[0], dtype)
   data_norms2 = tf.reduce_sum(tf.square(x), -1)                      # [B]
   count = context_count + tf.cast(tf.shape(x)[0], dtype)
 
@@ -234,6 +392,9 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
                                                                    dtype)
   fixed_noise = (None if noise_variance is None
                  else tf.convert_to_tensor(noise_variance, dtype))
+  # The latent rescaling (module doc), where lambda or sigma^2 is free.
+  rescales = rescale and mask is None and (fixed_scales is None
+                                          or fixed_noise is None)
 
   def optimal(magnitude, rec):
     if fixed_scales is None:
@@ -281,6 +442,18 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
     magnitude = tf.where(keep, new_magnitude, magnitude)
     rec = tf.where(accept, new_rec, rec)
     log_s = tf.where(accept, new_log_s, log_s)
+    if rescales:
+      u, _ = _latent_rescaling(
+          nu, s, magnitude, gram, projected, batch_size, (a_q, a_prior, a_lik),
+          (count, num_observed, context_reconstruction + tf.reduce_sum(rec),
+           context_magnitude), floor, fixed_scales, fixed_noise)
+      c = tf.exp(u)
+      nu, s, magnitude = nu * c, s * c, magnitude * c
+      g_nu = apply_gram(nu)
+      rec = reconstruction(nu, g_nu, s)
+      log_s = tf.reduce_sum(tf.math.log(s), -1)
+      # The extrapolated point moves with the codes, so the momentum stays.
+      y = y * c
     return i + 1, nu, s, g_nu, magnitude, rec, log_s, y, momentum
 
   g_nu = apply_gram(loc)
