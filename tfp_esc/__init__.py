@@ -4,7 +4,11 @@ The public API; everything else lives in the subpackages, in the order data
 flows: data -> model -> posterior -> objective -> inference -> evaluation.
 """
 
-from tfp_esc.data.bars import make_bars
+from tfp_esc import _xla
+
+_xla.prefer_wide_vectors()
+
+from tfp_esc.data.bars import make_bars  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tfp_esc.estimator import SparseCoding
 from tfp_esc.evaluation.metrics import bars_recovery, gini_index
 from tfp_esc.inference.em import fit_em

@@ -236,8 +236,11 @@ def _latent_rescaling(loc, scale, magnitude, gram, projected, batch_size,
   else:
     weighted_magnitude = tf.reduce_sum(magnitude / fixed_scales, 0)
   ones = tf.ones_like(linear)
-  # c_h s_nh stays half-way between the smallest s_nh and the floor.
-  lowest = tf.math.log(0.5 * (1.0 + floor / tf.reduce_min(scale, 0)))
+  # No rescaling takes a scale below 2.5 floors (nor any lower if one is):
+  # incremental EM's M-step holds the columns of latents whose scales near
+  # the floor, and with half the way to the floor allowed here bars (seed 0)
+  # ended at ELBO -39.1 instead of -9.4.
+  lowest = tf.minimum(tf.math.log(2.5 * floor / tf.reduce_min(scale, 0)), 0.0)
 
   def change_of_reconstruction(c, c_minus_1):
     return (-2.0 * tf.reduce_sum(c_minus_1 * linear)
@@ -335,9 +338,12 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
     rescale: True ends every iteration with the latent rescaling (module
       doc), skipped under a mask and where lambda and sigma^2 are both
       fixed. Off by default: it reaches a fresh batch's optimum several
-      times faster, but inside incremental EM it let codes' scales reach
-      the floor, where the M-step must hold their columns, and bars (500
-      points, seed 0) ended at ELBO -39.1 instead of -9.4.
+      times faster, but inside incremental EM (where every batch has the
+      rest of the data as context) it bought nothing measurable: unseen
+      photographs, H = 64, 6 epochs, ELBO 71.60 with it (20 first-visit and
+      8 revisit iterations) against 71.61 without (60 and 16), and 2 s
+      more of XLA compilation; bars (500 points, 8 seeds) -9.33 against
+      -9.38 on average.
 
   Returns:
     (loc, scale): `[B, H]` float each, with scale > floor; F_a(batch +
