@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tfp_esc import experiment
+from tfp_esc.inference import _checkpoint
 
 
 def _config(path, **kwargs):
@@ -110,8 +111,9 @@ def _refuses_other_runs(images, workdir):
     ({'e_step': 'newton'}, "^e_step is an option of engine 'paper'"),
     ({'method': 'amortized'}, "^e_step_iterations is an option of method "
                               "'em'"),
-    ({'strategy': 'mirrored'}, "^strategy 'mirrored' is an option of method "
-                               "'amortized'"),
+    ({'strategy': 'mirrored', 'engine': 'paper', 'refine_rounds': 0},
+     "^strategy 'mirrored' is an option of method 'amortized' and of the "
+     'incremental EM engine'),
     ({'strategy': 'tpu'}, r"^strategy must be one of \['default', "
                           "'mirrored'\]"),
 ])
@@ -148,3 +150,17 @@ def test_amortized_run_writes_outputs_and_resumes(images, tmp_path):
       dataclasses.replace(config, strategy='mirrored'), part, resume=True)
   np.testing.assert_allclose(resumed['history']['elbo'],
                              whole['history']['elbo'], rtol=1e-5)
+
+
+def test_em_run_under_mirrored_strategy_records_the_data_parallel_e_step(
+    images, tmp_path):
+  # --strategy=mirrored on the incremental engine: the classical,
+  # data-parallel E-step (one replica on a CPU-only machine). It is a
+  # different run from the default one, so its checkpoint does not resume
+  # as a default run.
+  config = _config(images, strategy='mirrored', epochs=1, refine_rounds=0)
+  result = experiment.train_patches(config, str(tmp_path / 'run'))
+  assert np.isfinite(result['elbo'])
+  with pytest.raises(_checkpoint.CheckpointError, match='data_parallel'):
+    experiment.train_patches(dataclasses.replace(config, strategy='default'),
+                             str(tmp_path / 'run'), resume=True)

@@ -318,10 +318,12 @@ class PatchesConfig:
     dtype: 'float32' or 'float64'.
     gini_samples: posterior samples per point for the Gini index.
     gini_points: at most this many points enter the Gini index.
-    strategy: method 'amortized': 'default' (one device) or 'mirrored'
-      (`tf.distribute.MirroredStrategy()` over every visible GPU; the
-      batch is split among them, see `fit_amortized`). The EM engines run
-      on one device.
+    strategy: 'default' (one device) or 'mirrored'
+      (`tf.distribute.MirroredStrategy()` over every visible GPU, else the
+      CPU; the batch is split among them). Method 'amortized': see
+      `fit_amortized`. The incremental EM engine then runs the classical,
+      data-parallel E-step (`tfp_esc.inference.incremental_em`'s module
+      doc), recorded in its checkpoint; engine 'paper' runs on one device.
   """
   method: str = _field('em', choices=METHODS)
   engine: str = _field('incremental', choices=ENGINES)
@@ -364,10 +366,12 @@ class PatchesConfig:
       name = 'e_step' if self.e_step is not None else 'warm_start'
       raise ConfigError(name, f"{name} is an option of engine 'paper', not "
                         'of the incremental engine.')
-    if self.method == 'em' and self.strategy != 'default':
+    if (self.method == 'em' and self.engine == 'paper'
+        and self.strategy != 'default'):
       raise ConfigError('strategy', f"strategy {self.strategy!r} is an "
-                        "option of method 'amortized'; the EM engines run "
-                        'on one device.')
+                        "option of method 'amortized' and of the "
+                        "incremental EM engine; engine 'paper' runs on one "
+                        'device.')
     if self.method == 'amortized' and (
         self.e_step is not None or self.e_step_iterations is not None):
       name = 'e_step' if self.e_step is not None else 'e_step_iterations'
@@ -419,6 +423,8 @@ def _train_patches_em(config, x, checkpoint, resume):
 
   if config.engine == 'incremental':
     options = {'refine_rounds': config.refine_rounds}
+    if config.strategy == 'mirrored':
+      options['strategy'] = tf.distribute.MirroredStrategy()
     if config.e_step_iterations is not None:
       options['e_step_iterations'] = config.e_step_iterations
   else:

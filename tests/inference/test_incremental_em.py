@@ -278,3 +278,37 @@ def test_epochs_never_lower_the_elbo_when_latents_shrink():
                   batch_size=100)
   elbo = np.asarray(result.history['elbo'])
   assert np.all(np.diff(elbo) >= -1e-9 * np.abs(elbo[1:])), elbo
+
+
+def test_data_parallel_e_steps_never_lower_the_elbo(x, monkeypatch):
+  # With a strategy every E-step after the first batch holds lambda and
+  # sigma^2 at the sums' optimal values: L_a rises at them, so F does too.
+  trainer = IncrementalEMTrainer(
+      x, 10, strategy=tf.distribute.OneDeviceStrategy('/cpu:0'), **OPTIONS)
+  trainer.run_epoch()
+  values = [_elbo_from_sums(trainer)]
+  m_step = trainer._m_step
+  held = trainer._data_parallel_e_step
+  calls = []
+
+  def counted(*args, **kwargs):
+    calls.append(1)
+    return held(*args, **kwargs)
+
+  def checked_m_step():
+    values.append(_elbo_from_sums(trainer))    # after the E-step
+    m_step()
+    values.append(_elbo_from_sums(trainer))    # after the M-step
+
+  monkeypatch.setattr(trainer, '_m_step', checked_m_step)
+  monkeypatch.setattr(trainer, '_data_parallel_e_step', counted)
+  trainer.run_epoch()
+  assert len(calls) == len(trainer._batches(1))
+  steps = np.diff(values)
+  assert np.all(steps >= -1e-9 * np.abs(values[1:])), steps.min()
+  assert np.sum(steps[0::2] > 1e-6) > 0  # the E-steps do move F
+
+
+def test_strategy_must_be_a_tf_distribute_strategy(x):
+  with pytest.raises(TypeError, match='strategy must be a tf.distribute'):
+    IncrementalEMTrainer(x, 10, strategy='mirrored')

@@ -49,6 +49,21 @@ seen points (the very first batch is fitted without annealing to have one):
 then each point's objective is bounded, the codes shrink under the stronger
 prior and recover as a_prior falls to 1, when lambda* returns.
 
+Several devices (`strategy`, a `tf.distribute.Strategy`): the E-step above
+couples a batch's points through lambda*, sigma^2*, re-estimated after every
+iteration, and an all-reduce inside XLA's loop is not available
+(`MirroredStrategy` refuses `merge_call` in a while loop). With a strategy
+the E-step is the classical one instead: lambda and sigma^2 are held at the
+optimal values of the current sums (every seen point, the batch's old share
+included; lambda at the annealing value while a_prior > 1), where L_a
+separates over points, so each replica fits its share of the batch alone
+and only the sums are added up. It never lowers F either: the E-step
+raises L_a at the held values, which equals F_a before it and is at most
+F_a after it (F_a is the maximum of L_a over lambda, sigma^2). The very
+first batch (no sums yet) is fitted by the coupled E-step on one device.
+The result does not depend on the number of replicas (up to the order of
+float sums); it differs from the coupled E-step's, by design.
+
 Batches are drawn from a permutation that depends only on (seed, epoch), and
 checkpoints are written at epoch ends, so a resumed run repeats an
 uninterrupted one exactly.
@@ -224,6 +239,10 @@ class IncrementalEMTrainer:
       about -9.3 from a Gaussian start).
     seed: seeds the dictionary and the batch order.
     jit_compile: compile the E-step with XLA.
+    strategy: optional `tf.distribute.Strategy`: every E-step after the
+      first batch is the classical, data-parallel one, each replica fitting
+      its share of the batch (module doc; any strategy, one replica too,
+      selects it).
 
   Attributes:
     data_scale: s, the root mean square of x; the trainer works on
@@ -241,7 +260,12 @@ class IncrementalEMTrainer:
                e_step_iterations=16, first_visit_iterations=60,
                refine_iterations=50, refine_e_step_iterations=5,
                chunk_size=8192, init_dictionary=None, train_dictionary=True,
-               seed=0, jit_compile=True):
+               seed=0, jit_compile=True, strategy=None):
+    if strategy is not None and not isinstance(strategy,
+                                               tf.distribute.Strategy):
+      raise TypeError('strategy must be a tf.distribute.Strategy or None, got '
+                      f'{type(strategy).__name__}.')
+    self.strategy = strategy
     x = as_data(x)
     num_points, num_observed = x.shape
     self.data_scale = data_scale(x)  # refuses data without variation
@@ -317,6 +341,11 @@ class IncrementalEMTrainer:
     self._fixed_step = tf.function(
         self._batch_step, jit_compile=jit_compile,
         input_signature=signature + [tf.TensorSpec([h], dtype)])
+    self._held_step = tf.function(
+        self._held_batch_step, jit_compile=jit_compile,
+        input_signature=signature[:5] + [tf.TensorSpec([h], dtype),
+                                         tf.TensorSpec([], dtype),
+                                         tf.TensorSpec([], tf.int32)])
 
   # -- the compiled batch step ------------------------------------------------
 
@@ -327,6 +356,50 @@ class IncrementalEMTrainer:
                            context=context, scales=scales,
                            inner_iterations=INNER_ITERATIONS)
     return loc, scale, _contribution(x, loc, scale)
+
+  def _held_batch_step(self, x, dictionary, loc, scale, coefficients, scales,
+                       noise_variance, iterations):
+    loc, scale = mm_e_step(x, dictionary, loc, scale, coefficients,
+                           iterations=iterations, floor=self.floor,
+                           scales=scales, noise_variance=noise_variance,
+                           inner_iterations=INNER_ITERATIONS)
+    return loc, scale, _contribution(x, loc, scale)
+
+  def _data_parallel_e_step(self, sums, x, dictionary, loc, scale,
+                            coefficients, scales, iterations):
+    """The classical E-step of points x under `self.strategy` (module doc).
+
+    lambda = `scales` (or lambda* of `sums`), sigma^2 = sigma^2* of `sums`
+    at `dictionary`; each replica fits a contiguous share of the points.
+
+    Returns:
+      (loc, scale) NumPy `[n, H]` and the points' sums (tuple of float64).
+    """
+    if scales is None:
+      scales = sums.magnitude / sums.count
+    noise_variance = max(sums.reconstruction(dictionary), 0.0) / (
+        sums.count * self.x.shape[1])
+    replicas = self.strategy.num_replicas_in_sync
+    shares = np.array_split(np.arange(len(x)), replicas)
+    values = self.strategy.experimental_distribute_values_from_function(
+        lambda context: tuple(tf.constant(v[shares[
+            context.replica_id_in_sync_group]]) for v in (x, loc, scale)))
+    # A Python function, not the tf.function itself: MirroredStrategy would
+    # call a tf.function once with the per-replica values, which its
+    # input signature refuses.
+    out = self.strategy.run(lambda *args: self._held_step(*args), args=(
+        values[0], tf.constant(dictionary, self.dtype), values[1], values[2],
+        coefficients, tf.constant(scales, self.dtype),
+        tf.constant(noise_variance, self.dtype), tf.constant(iterations)))
+    results = [self.strategy.experimental_local_results(t)
+               for t in tf.nest.flatten(out)]
+    per_replica = list(zip(*results))    # replica -> flat outputs
+    new_loc = np.concatenate([r[0].numpy() for r in per_replica])
+    new_scale = np.concatenate([r[1].numpy() for r in per_replica])
+    new = tuple(functools.reduce(operator.add, (
+        np.asarray(r[2 + k], np.float64) for r in per_replica))
+                for k in range(5))
+    return new_loc, new_scale, new
 
   # -- training ---------------------------------------------------------------
 
@@ -369,11 +442,15 @@ class IncrementalEMTrainer:
     arguments = (tf.constant(x), tf.constant(self.w, self.dtype),
                  tf.constant(loc), tf.constant(scale), coefficients, context,
                  tf.constant(iterations))
-    if scales is None:
+    if self.strategy is not None and self.sums.count > 0:
+      new_loc, new_scale, new = self._data_parallel_e_step(
+          self.sums, x, self.w, loc, scale, coefficients,
+          None if scales is None else self._annealing_scales, iterations)
+    elif scales is None:
       new_loc, new_scale, new = self._coupled_step(*arguments)
     else:
       new_loc, new_scale, new = self._fixed_step(*arguments, scales)
-    new_loc, new_scale = new_loc.numpy(), new_scale.numpy()
+    new_loc, new_scale = np.asarray(new_loc), np.asarray(new_scale)
     if not (np.all(np.isfinite(new_loc)) and np.all(np.isfinite(new_scale))):
       raise FloatingPointError(
           f'incremental EM epoch {self.epoch}: the E-step gave non-finite '
@@ -530,13 +607,19 @@ class IncrementalEMTrainer:
     w = tf.constant(dictionary, self.dtype)
     total = functools.reduce(operator.add, parts)
     for k, indices in enumerate(self._chunks()):
-      context = (total - parts[k]).context(dictionary, self.dtype)
-      loc, scale, new = self._coupled_step(
-          tf.constant(self.x[indices]), w, tf.constant(self.loc[indices]),
-          tf.constant(np.maximum(self.scale[indices], 2.0 * self.floor)),
-          coefficients, context, tf.constant(self.refine_e_step_iterations))
-      self.loc[indices] = loc.numpy()
-      self.scale[indices] = scale.numpy()
+      scale = np.maximum(self.scale[indices], 2.0 * self.floor)
+      if self.strategy is not None:
+        loc, scale, new = self._data_parallel_e_step(
+            total, self.x[indices], dictionary, self.loc[indices], scale,
+            coefficients, None, self.refine_e_step_iterations)
+      else:
+        context = (total - parts[k]).context(dictionary, self.dtype)
+        loc, scale, new = self._coupled_step(
+            tf.constant(self.x[indices]), w, tf.constant(self.loc[indices]),
+            tf.constant(scale), coefficients, context,
+            tf.constant(self.refine_e_step_iterations))
+      self.loc[indices] = np.asarray(loc)
+      self.scale[indices] = np.asarray(scale)
       new = _Sums(float(len(indices)), *(np.asarray(v, np.float64)
                                          for v in new))
       total = total - parts[k] + new
