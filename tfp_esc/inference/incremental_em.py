@@ -346,6 +346,13 @@ class IncrementalEMTrainer:
         input_signature=signature[:5] + [tf.TensorSpec([h], dtype),
                                          tf.TensorSpec([], dtype),
                                          tf.TensorSpec([], tf.int32)])
+    # strategy.run inside a tf.function (run eagerly, MirroredStrategy warns
+    # of its overhead at every call); the replicas call `_held_step` through
+    # a Python function, since MirroredStrategy would hand a tf.function the
+    # per-replica values themselves, which its input signature refuses.
+    self._distributed_held_step = tf.function(
+        lambda args: self.strategy.run(lambda *a: self._held_step(*a),
+                                       args=args), reduce_retracing=True)
 
   # -- the compiled batch step ------------------------------------------------
 
@@ -384,10 +391,7 @@ class IncrementalEMTrainer:
     values = self.strategy.experimental_distribute_values_from_function(
         lambda context: tuple(tf.constant(v[shares[
             context.replica_id_in_sync_group]]) for v in (x, loc, scale)))
-    # A Python function, not the tf.function itself: MirroredStrategy would
-    # call a tf.function once with the per-replica values, which its
-    # input signature refuses.
-    out = self.strategy.run(lambda *args: self._held_step(*args), args=(
+    out = self._distributed_held_step((
         values[0], tf.constant(dictionary, self.dtype), values[1], values[2],
         coefficients, tf.constant(scales, self.dtype),
         tf.constant(noise_variance, self.dtype), tf.constant(iterations)))
