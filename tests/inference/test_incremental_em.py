@@ -156,8 +156,11 @@ def test_float32_follows_float64(x):
   np.testing.assert_allclose(elbos[np.float32], elbos[np.float64], rtol=1e-3)
 
 
-def test_resume_equals_an_uninterrupted_run(x, tmp_path):
+@pytest.mark.parametrize('data_parallel', [False, True])
+def test_resume_equals_an_uninterrupted_run(x, tmp_path, data_parallel):
   options = dict(OPTIONS, schedule=get_schedule('prior'))
+  if data_parallel:
+    options['strategy'] = tf.distribute.OneDeviceStrategy('/cpu:0')
   whole = fit_em(x, 10, epochs=3, refine_rounds=2, **options)
   path = str(tmp_path / 'checkpoint.npz')
   fit_em(x, 10, epochs=2, refine_rounds=0, checkpoint_path=path, **options)

@@ -346,13 +346,13 @@ class IncrementalEMTrainer:
         input_signature=signature[:5] + [tf.TensorSpec([h], dtype),
                                          tf.TensorSpec([], dtype),
                                          tf.TensorSpec([], tf.int32)])
-    # strategy.run inside a tf.function (run eagerly, MirroredStrategy warns
-    # of its overhead at every call); the replicas call `_held_step` through
-    # a Python function, since MirroredStrategy would hand a tf.function the
-    # per-replica values themselves, which its input signature refuses.
+    # strategy.run inside one tf.function with a fixed signature (run
+    # eagerly, MirroredStrategy warns of its overhead at every call; traced
+    # per shape, a resumed run's graphs could differ from an uninterrupted
+    # run's). Every replica takes its share of the whole batch itself.
     self._distributed_held_step = tf.function(
-        lambda args: self.strategy.run(lambda *a: self._held_step(*a),
-                                       args=args), reduce_retracing=True)
+        lambda *args: self.strategy.run(self._replica_share, args=args),
+        input_signature=self._held_step.input_signature)
 
   # -- the compiled batch step ------------------------------------------------
 
@@ -372,6 +372,20 @@ class IncrementalEMTrainer:
                            inner_iterations=INNER_ITERATIONS)
     return loc, scale, _contribution(x, loc, scale)
 
+  def _replica_share(self, x, dictionary, loc, scale, *held):
+    """`_held_step` on this replica's contiguous share of the points (the
+    shares of `np.array_split`, in replica order)."""
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    count = tf.shape(x)[0]
+    start = replica * (count // replicas) + tf.minimum(replica,
+                                                       count % replicas)
+    size = count // replicas + tf.cast(replica < count % replicas, tf.int32)
+    return self._held_step(x[start:start + size], dictionary,
+                           loc[start:start + size], scale[start:start + size],
+                           *held)
+
   def _data_parallel_e_step(self, sums, x, dictionary, loc, scale,
                             coefficients, scales, iterations):
     """The classical E-step of points x under `self.strategy` (module doc).
@@ -386,15 +400,10 @@ class IncrementalEMTrainer:
       scales = sums.magnitude / sums.count
     noise_variance = max(sums.reconstruction(dictionary), 0.0) / (
         sums.count * self.x.shape[1])
-    replicas = self.strategy.num_replicas_in_sync
-    shares = np.array_split(np.arange(len(x)), replicas)
-    values = self.strategy.experimental_distribute_values_from_function(
-        lambda context: tuple(tf.constant(v[shares[
-            context.replica_id_in_sync_group]]) for v in (x, loc, scale)))
-    out = self._distributed_held_step((
-        values[0], tf.constant(dictionary, self.dtype), values[1], values[2],
-        coefficients, tf.constant(scales, self.dtype),
-        tf.constant(noise_variance, self.dtype), tf.constant(iterations)))
+    out = self._distributed_held_step(
+        tf.constant(x), tf.constant(dictionary, self.dtype), tf.constant(loc),
+        tf.constant(scale), coefficients, tf.constant(scales, self.dtype),
+        tf.constant(noise_variance, self.dtype), tf.constant(iterations))
     results = [self.strategy.experimental_local_results(t)
                for t in tf.nest.flatten(out)]
     per_replica = list(zip(*results))    # replica -> flat outputs
