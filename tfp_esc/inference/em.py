@@ -563,10 +563,10 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
         'refine_rounds', 0)
     trainer = IncrementalEMTrainer(x, num_latents, **options)
   else:
-    for name in ('refine_rounds', 'strategy'):
-      if (refine_rounds if name == 'refine_rounds' else options.get(name)):
-        raise ValueError(f"{name} is an option of engine='incremental'.")
-    options.pop('strategy', None)
+    if refine_rounds:
+      raise ValueError("refine_rounds is an option of engine='incremental'.")
+    if options.pop('strategy', None) is not None:
+      raise ValueError("strategy is an option of engine='incremental'.")
     refine_rounds = 0
     trainer = EMTrainer(x, num_latents, **options)
   config = _run_config(x, num_latents, engine, options, checkpoint_config)
@@ -595,14 +595,14 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
 def _run_config(x, num_latents, engine, options, extra):
   """What identifies an EM run in its checkpoint: `extra`'s fields first."""
   x = np.asarray(x)
+  settings = {k: (repr(v) if k == 'schedule' else
+                  _checkpoint.data_fingerprint(np.asarray(v))
+                  if hasattr(v, 'shape') else v)
+              for k, v in options.items() if k != 'strategy'}
   # A strategy is recorded as data_parallel=True: the E-step is then the
   # data-parallel one, whose result does not depend on the replicas.
-  settings = {('data_parallel' if k == 'strategy' else k):
-              (repr(v) if k == 'schedule' else True if k == 'strategy' else
-               _checkpoint.data_fingerprint(np.asarray(v))
-               if hasattr(v, 'shape') else v)
-              for k, v in options.items()
-              if not (k == 'strategy' and v is None)}
+  if options.get('strategy') is not None:
+    settings['data_parallel'] = True
   return {**(extra or {}),
           **{k: v for k, v in dict(
               engine=engine, num_latents=int(num_latents),

@@ -142,6 +142,11 @@ class _Sums:
     return float(self.data_norms2 - 2.0 * np.sum(w * self.cross)
                  + np.sum((w.T @ w) * self.second_moment))
 
+  def optimal(self, dictionary, num_observed):
+    """(lambda* `[H]`, sigma^2*) of the stored posteriors (count > 0)."""
+    return (self.magnitude / self.count,
+            self.reconstruction(dictionary) / (self.count * num_observed))
+
 
 def principal_directions(x, num_latents, seed, max_points=8192):
   """A start for W: the data's top principal directions (as scikit-learn's
@@ -206,7 +211,7 @@ def dictionary_gradient(v, sums, num_observed):
   """
   norms = np.linalg.norm(v, axis=0)
   w = v / norms
-  noise_variance = sums.reconstruction(w) / (sums.count * num_observed)
+  _, noise_variance = sums.optimal(w, num_observed)
   grad_w = -(w @ sums.second_moment - sums.cross) / (
       sums.count * noise_variance)
   return (grad_w - w * np.sum(w * grad_w, 0)) / norms
@@ -357,20 +362,19 @@ class IncrementalEMTrainer:
   # -- the compiled batch step ------------------------------------------------
 
   def _batch_step(self, x, dictionary, loc, scale, coefficients, context,
-                  iterations, scales=None):
+                  iterations, scales=None, noise_variance=None):
     loc, scale = mm_e_step(x, dictionary, loc, scale, coefficients,
                            iterations=iterations, floor=self.floor,
                            context=context, scales=scales,
+                           noise_variance=noise_variance,
                            inner_iterations=INNER_ITERATIONS)
     return loc, scale, _contribution(x, loc, scale)
 
   def _held_batch_step(self, x, dictionary, loc, scale, coefficients, scales,
                        noise_variance, iterations):
-    loc, scale = mm_e_step(x, dictionary, loc, scale, coefficients,
-                           iterations=iterations, floor=self.floor,
-                           scales=scales, noise_variance=noise_variance,
-                           inner_iterations=INNER_ITERATIONS)
-    return loc, scale, _contribution(x, loc, scale)
+    """`_batch_step` with lambda and sigma^2 held (no context needed)."""
+    return self._batch_step(x, dictionary, loc, scale, coefficients, None,
+                            iterations, scales, noise_variance)
 
   def _replica_share(self, x, dictionary, loc, scale, *held):
     """`_held_step` on this replica's contiguous share of the points (the
@@ -396,10 +400,10 @@ class IncrementalEMTrainer:
     Returns:
       (loc, scale) NumPy `[n, H]` and the points' sums (tuple of float64).
     """
-    if scales is None:
-      scales = sums.magnitude / sums.count
-    noise_variance = max(sums.reconstruction(dictionary), 0.0) / (
-        sums.count * self.x.shape[1])
+    optimal_scales, noise_variance = sums.optimal(dictionary,
+                                                  self.x.shape[1])
+    scales = optimal_scales if scales is None else scales
+    noise_variance = max(noise_variance, 0.0)
     out = self._distributed_held_step(
         tf.constant(x), tf.constant(dictionary, self.dtype), tf.constant(loc),
         tf.constant(scale), coefficients, tf.constant(scales, self.dtype),
@@ -450,7 +454,8 @@ class IncrementalEMTrainer:
                                                    tf.ones([1], self.dtype))
       else:
         if self._annealing_scales is None:
-          self._annealing_scales = self.sums.magnitude / self.sums.count
+          self._annealing_scales, _ = self.sums.optimal(self.w,
+                                                        self.x.shape[1])
         scales = tf.constant(self._annealing_scales, self.dtype)
     arguments = (tf.constant(x), tf.constant(self.w, self.dtype),
                  tf.constant(loc), tf.constant(scale), coefficients, context,

@@ -386,7 +386,7 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
   projected = tf.matmul(x, dictionary)                               # [B, H]
   batch_size = tf.cast(tf.shape(x)[0], dtype)
   data_norms2 = tf.reduce_sum(tf.square(x), -1)                      # [B]
-  count = context_count + tf.cast(tf.shape(x)[0], dtype)
+  count = context_count + batch_size
 
   def reconstruction(nu, g_nu, s):
     # ||m * (x - W nu)||^2 + sum_h G_hh s_h^2 in Gram form: [B].
