@@ -315,3 +315,33 @@ def test_data_parallel_e_steps_never_lower_the_elbo(x, monkeypatch):
 def test_strategy_must_be_a_tf_distribute_strategy(x):
   with pytest.raises(TypeError, match='strategy must be a tf.distribute'):
     IncrementalEMTrainer(x, 10, strategy='mirrored')
+
+
+def test_data_parallel_e_step_holds_the_optimal_lambda_and_noise(x):
+  # The held values are lambda*, sigma^2* of the stored posteriors, computed
+  # here independently (ELBO statistics of every point); with them the
+  # data-parallel E-step is mm_e_step's classical E-step of the batch.
+  from tfp_esc.inference.mm import mm_e_step  # pylint: disable=g-import-not-at-top
+  from tfp_esc.objective import elbo as elbo_lib  # pylint: disable=g-import-not-at-top
+  from tfp_esc.posterior.gaussian import DiagonalGaussian  # pylint: disable=g-import-not-at-top
+  trainer = IncrementalEMTrainer(
+      x, 10, strategy=tf.distribute.OneDeviceStrategy('/cpu:0'), **OPTIONS)
+  trainer.run_epoch()
+  stats = elbo_lib.elbo_statistics(trainer.x, trainer.w,
+                                   DiagonalGaussian(trainer.loc, trainer.scale))
+  count = float(stats.count)
+  scales = stats.expected_magnitude.numpy() / count
+  noise = float(stats.reconstruction) / (count * trainer.x.shape[1])
+  batch = np.arange(64)
+  start = np.maximum(trainer.scale[batch], 2.0 * trainer.floor)
+  ones = tf.ones([3], tf.float64)
+  loc, scale, _ = trainer._data_parallel_e_step(
+      trainer.sums, trainer.x[batch], trainer.w, trainer.loc[batch], start,
+      ones, None, 16)
+  expected = mm_e_step(trainer.x[batch], trainer.w, trainer.loc[batch], start,
+                       ones, iterations=16, floor=trainer.floor,
+                       scales=scales, noise_variance=noise, inner_iterations=1)
+  # The sums are kept incrementally, the statistics here from scratch: their
+  # last digits differ, and 16 iterations carry that to 2e-7 at most.
+  np.testing.assert_allclose(loc, expected[0].numpy(), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(scale, expected[1].numpy(), rtol=1e-5, atol=1e-7)
