@@ -70,17 +70,23 @@ def test_annealed_trace_records_coefficients(bars):
   assert not fit.converged
 
 
-def test_prior_annealing_recovers_the_bars():
-  # With lambda* inside F_a, prior annealing collapsed every code on bars
-  # (0 of 10 seeds recovered them, benchmarks/results); with lambda held
-  # during annealed calls seed 0 recovers all ten (9 of 10 seeds do). It
-  # still collapses on 200 points: the first call holds the lambda* of the
-  # initial posteriors, far below the data's scale.
-  data = make_bars(num_points=1000, seed=0)
+def test_annealed_calls_learn_instead_of_collapsing():
+  # With lambda* inside F_a, prior annealing collapsed every code on bars;
+  # with lambda held at lambda* of the call's start, but means starting at
+  # 0, the first call held the start's tiny lambda* and every annealed call
+  # stayed at the all-zero ELBO (about -53 nats; the bars were recovered
+  # only if L-BFGS escaped once a_prior reached 1). From least-squares codes
+  # the first annealed call (a_prior = 2) already ends within a nat of the
+  # ground truth's ELBO (9 of 10 seeds recover all bars,
+  # benchmarks/bars_recovery.py).
+  data = make_bars(num_points=200, seed=0)
+  truth = fit_joint(data.x, init_dictionary=data.dictionary,
+                    train_dictionary=False, max_calls=10, log_every=0)
   fit = fit_joint(data.x, 10, posterior='full', seed=0, log_every=0,
-                  schedule=get_schedule('prior_linear'))
-  assert fit.trace['a_prior'][1] == 2.0
-  assert bars_recovery(data.dictionary, fit.dictionary).recovered
+                  max_calls=2, schedule=get_schedule('prior_linear'))
+  np.testing.assert_allclose(fit.trace['a_prior'][1:], [2.0, 1.9])
+  assert np.all(fit.trace['elbo'][1:] > truth.elbo - 1.0), (
+      fit.trace['elbo'], truth.elbo)
 
 
 @pytest.mark.parametrize('posterior,rank', [('diagonal', None),
