@@ -15,6 +15,7 @@ from tfp_esc.objective.elbo import (
   elbo_statistics,
   entropy_elbo,
   entropy_elbo_from_statistics,
+  held_prior_elbo_from_statistics,
 )
 from tfp_esc.posterior.gaussian import DiagonalGaussian, FullGaussian
 
@@ -88,3 +89,32 @@ def test_annealed_objective():
               - a[2] * terms.likelihood_entropy)
   np.testing.assert_allclose(terms.objective.numpy(), expected.numpy(),
                              rtol=1e-12)
+
+
+@pytest.mark.parametrize('a_prior', [1.0, 0.5, 2.0])
+def test_held_prior_objective(a_prior):
+  # a_prior > 1: L_a at the held lambda and sigma^2* (per-point formula);
+  # a_prior <= 1: F_a itself. F, lambda*, sigma^2* are F's either way.
+  x, w, q = _inputs('diagonal', seed=3)
+  held = np.array([0.3, 1.7, 0.9])
+  a = (0.8, a_prior, 1.3)
+  statistics = elbo_statistics(x, w, q)
+  terms = held_prior_elbo_from_statistics(statistics, D, held, *a)
+  f = entropy_elbo_from_statistics(statistics, D, *a)
+  for k in ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy',
+            'noise_variance', 'scales'):
+    np.testing.assert_allclose(getattr(terms, k).numpy(),
+                               getattr(f, k).numpy(), rtol=1e-12, err_msg=k)
+  if a_prior <= 1.0:
+    expected = f.objective.numpy()
+  else:
+    # Per point L_n = H[q_n] - CE_prior,n - CE_lik,n at (held, sigma^2*);
+    # the mean of CE_lik,n at sigma^2* is F's likelihood entropy (Theorem 1).
+    per_point = classical_elbo(x, w, q, held, f.noise_variance,
+                               per_point=True).numpy()
+    entropies = q.entropy().numpy()
+    likelihood = float(f.likelihood_entropy.numpy())
+    prior = np.mean(entropies - per_point) - likelihood
+    expected = (a[0] * np.mean(entropies) - a[1] * prior
+                - a[2] * likelihood)
+  np.testing.assert_allclose(terms.objective.numpy(), expected, rtol=1e-10)

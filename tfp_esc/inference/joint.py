@@ -62,7 +62,8 @@ from tfp_esc.inference import _training
 from tfp_esc.model.sparse_coding import normalize_columns
 from tfp_esc.objective.elbo import (classical_elbo_from_statistics,
                                     elbo_statistics,
-                                    entropy_elbo_from_statistics)
+                                    entropy_elbo_from_statistics,
+                                    held_prior_elbo_from_statistics)
 from tfp_esc.posterior.gaussian import FAMILIES, get_family
 
 __all__ = ['INIT_SCALE', 'JointFitResult', 'SCALE_FLOOR', 'fit_joint']
@@ -220,20 +221,13 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
     if frozen_parameters is not None:
       return classical_elbo_from_statistics(statistics, num_observed,
                                             *frozen_parameters)
-    terms = entropy_elbo_from_statistics(statistics, num_observed,
-                                         *tf.unstack(coefficients))
     if held_scales is None:
-      return terms
-    # Annealed calls (a_prior > 1) hold lambda at `held_scales`: the prior
-    # entropy becomes the cross-entropy sum_h log(2 lambda_h) + lambda*_h /
-    # lambda_h, which keeps F_a bounded (module doc); sigma^2 stays sigma^2*,
-    # where the likelihood cross-entropy is the entropy. Where a_prior <= 1
-    # `held_scales` is lambda* itself and the value is F_a's.
-    held = classical_elbo_from_statistics(
-        statistics, num_observed, held_scales, terms.noise_variance,
-        *tf.unstack(coefficients))
-    return terms._replace(objective=tf.where(coefficients[1] > 1.0,
-                                             held.objective, terms.objective))
+      return entropy_elbo_from_statistics(statistics, num_observed,
+                                          *tf.unstack(coefficients))
+    # Annealed calls (a_prior > 1) hold lambda at `held_scales` (module doc).
+    return held_prior_elbo_from_statistics(statistics, num_observed,
+                                           held_scales,
+                                           *tf.unstack(coefficients))
 
   def loss_and_gradient(flat, coefficients, held_scales):
     # The sum over data points (N F_a) keeps per-point gradients O(1).

@@ -60,6 +60,7 @@ __all__ = [
   'elbo_statistics',
   'entropy_elbo',
   'entropy_elbo_from_statistics',
+  'held_prior_elbo_from_statistics',
   'optimal_noise_variance',
   'optimal_scales',
   'reconstruction_error',
@@ -384,3 +385,37 @@ def classical_elbo_from_statistics(statistics, num_observed, scales,
                      prior_entropy=prior_cross_entropy,
                      likelihood_entropy=likelihood_cross_entropy,
                      noise_variance=noise_variance, scales=scales)
+
+
+def held_prior_elbo_from_statistics(statistics, num_observed, held_scales,
+                                    a_q=1.0, a_prior=1.0, a_lik=1.0):
+  """F's terms, with an objective bounded under prior annealing.
+
+  Where a_prior > 1, F_a is unbounded above under a common shrinkage c of
+  all codes (it grows by (a_prior - a_q) H log(1/c)). The trainers then
+  hold lambda at `held_scales` (a lambda* computed earlier, e.g. at the
+  start of an L-BFGS call or an epoch) and maximise the classical L_a at
+  lambda = `held_scales`, sigma^2 = sigma^2* of the statistics: the prior
+  entropy becomes the cross-entropy sum_h [log(2 lambda_h) + lambda*_h /
+  lambda_h], bounded below as the codes shrink. Where a_prior <= 1 the
+  objective is F_a itself.
+
+  Args:
+    statistics: `ElboStatistics` of N points.
+    num_observed: D.
+    held_scales: positive `[H]` lambda held while a_prior > 1.
+    a_q, a_prior, a_lik: annealing coefficients (scalars).
+
+  Returns:
+    `EntropyElbo` of `entropy_elbo_from_statistics` (F, lambda*, sigma^2*)
+    whose 'objective' is L_a(held_scales, sigma^2*) where a_prior > 1.
+  """
+  terms = entropy_elbo_from_statistics(statistics, num_observed, a_q,
+                                       a_prior, a_lik)
+  held = classical_elbo_from_statistics(statistics, num_observed, held_scales,
+                                        terms.noise_variance, a_q, a_prior,
+                                        a_lik)
+  dtype = terms.objective.dtype
+  a_prior = tf.cast(tf.convert_to_tensor(a_prior, dtype_hint=dtype), dtype)
+  return terms._replace(objective=tf.where(a_prior > 1.0, held.objective,
+                                           terms.objective))
