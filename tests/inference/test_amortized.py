@@ -70,9 +70,23 @@ def test_annealing_callback_and_annealed_objective(x):
   model, history = fit_amortized(x, 10, epochs=3,
                                  schedule=get_schedule('prior_linear'), **SMALL)
   np.testing.assert_allclose(history['a_prior'], [2.0, 1.9, 1.8], atol=1e-6)
+  # lambda is held through the annealed phase at lambda* of the data under
+  # the initial encoder (in units of s), not re-estimated every epoch.
+  start = make_amortized_model(x, 10, hidden_units=32)
+  initial = np.asarray(evaluate_amortized(start, x)['scales'])
+  np.testing.assert_allclose(model.held_scales.numpy() * model.data_scale,
+                             initial, rtol=1e-5)
+  assert np.max(np.abs(np.asarray(history['scales'][-1]) / initial - 1)) > 0.05
   batch = x[:64]
   logs = model.test_on_batch(batch, return_dict=True)  # a_prior = 1.8 now
-  expected = (logs['q_entropy'] - 1.8 * logs['prior_entropy']
+  # The objective is L_a at the held lambda and the batch's sigma^2*:
+  # CE_prior = sum_h [log(2 lambda_h) + lambda*_h / lambda_h].
+  held = model.held_scales.numpy() * model.data_scale
+  q = model.posterior(batch)
+  terms = entropy_elbo(batch, model.dictionary, q)
+  prior_cross_entropy = np.sum(np.log(2 * held)
+                               + terms.scales.numpy() / held)
+  expected = (logs['q_entropy'] - 1.8 * prior_cross_entropy
               - logs['likelihood_entropy'])
   np.testing.assert_allclose(logs['objective'], expected, rtol=1e-5)
   assert abs(logs['objective'] - logs['elbo']) > 1e-3
@@ -203,10 +217,11 @@ def test_sampled_training_raises_the_analytic_elbo(x):
   assert history['elbo'][-1] > before + 2.0, (before, history['elbo'])
   np.testing.assert_allclose(float(start.noise_variance),
                              np.var(x, axis=0).mean(), rtol=1e-5)
-  # lambda starts at 1 in units of the data scale (its root mean square).
+  # lambda starts at 1 in units of the data scale (its root mean square
+  # over the working root mean square sqrt(0.1)).
   np.testing.assert_allclose(start.scales, start.data_scale, rtol=1e-5)
-  np.testing.assert_allclose(start.data_scale, np.sqrt(np.mean(x**2)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(start.data_scale,
+                             np.sqrt(np.mean(x**2) / 0.1), rtol=1e-6)
   logs = model.test_on_batch(x[:64], return_dict=True)
   assert set(logs) == {'elbo', 'objective', 'q_entropy', 'prior_entropy',
                        'likelihood_entropy', 'noise_variance', 'learned_noise_variance'}

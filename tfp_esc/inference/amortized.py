@@ -19,7 +19,30 @@ are comparable.
 
 Annealing coefficients (analytic objective) are non-trainable weights set by
 `AnnealingCallback` at the start of every epoch (so they never retrace the
-step); `CheckpointCallback` saves weights, optimizer state and
+step). Prior annealing (a_prior > 1) makes F_a unbounded above under a
+common shrinkage of the codes, and Adam follows that direction: variant D
+(low-rank, a_prior = 2 -> 1 over 10 epochs) ended at ELBO -12.9 on 8,192
+default patches, below C's 63.9 without annealing, and the diagonal family
+did the same (-15.1). So while a_prior > 1 the step maximises the classical
+L_a with lambda held at `held_scales`, and sigma^2 at the batch's sigma^2*
+(`tfp_esc.objective.elbo.held_prior_elbo_from_statistics`, as in
+`fit_joint` and incremental EM). As in incremental EM, lambda is held
+through the whole annealed phase at the full data's lambda* under the
+encoder where the phase starts (the callback computes it): D then reaches
+74.5 and the diagonal family 76.0 (50 epochs, otherwise unchanged).
+Re-estimated at every epoch instead, lambda ratchets down (the codes shrink
+under the stronger prior, lambda follows: 0.6 -> 0.03 over the annealed
+epochs) and the run ends near -50. `held_scales` is a non-trainable weight,
+so a checkpoint taken inside the phase keeps it.
+
+Working scale. The model works on x / s with s = rms(x) / `WORKING_RMS`
+(`tfp_esc.inference._training` explains why trainers normalise): the
+encoder sees data of root mean square sqrt(0.1), the scale of SPEC's
+whitened patches (variance 0.1) for which its initialisation and Adam's
+default step were chosen. Working at rms 1 instead (as from 2026-11-30
+08:35 to this change) made the encoder learn far slower: 8,192 default
+patches, H = 100, diagonal, 50 epochs: ELBO -31.9 at rms 1, 63.9 at
+sqrt(0.1), 76.4 at 0.1, 63.0 at 0.03. `CheckpointCallback` saves weights, optimizer state and
 history atomically after every epoch; `fit_amortized` wires these with the
 usual Keras progress bar and optional TensorBoard.
 
@@ -27,6 +50,7 @@ Batches come from a permutation that depends only on (seed, epoch), so a
 resumed run continues exactly as an uninterrupted one.
 """
 
+import math
 import time
 import warnings
 
@@ -46,11 +70,15 @@ from tfp_esc.objective.annealing import NoAnnealing
 from tfp_esc.posterior.encoders import make_encoder, posterior_from_outputs
 from tfp_esc.posterior.gaussian import FAMILIES
 
-__all__ = ['OBJECTIVES', 'AmortizedSparseCoding', 'AnnealingCallback',
+__all__ = ['OBJECTIVES', 'WORKING_RMS', 'AmortizedSparseCoding',
+           'AnnealingCallback',
            'CheckpointCallback', 'batch_order', 'evaluate_amortized',
            'fit_amortized', 'make_amortized_model']
 
 OBJECTIVES = ('analytic', 'sampled')
+
+# Root mean square of the data the model works on (module doc).
+WORKING_RMS = math.sqrt(0.1)
 
 _TERMS = ('elbo', 'objective', 'q_entropy', 'prior_entropy',
           'likelihood_entropy', 'noise_variance')
@@ -142,7 +170,8 @@ class AmortizedSparseCoding(keras.Model):
       and sigma^2 are in units of s and s^2, and what it reports
       (`posterior`, `terms`, `scales`, `noise_variance`, metrics) is mapped
       back to x's units. `make_amortized_model` sets it to the data's root
-      mean square, which makes training equivariant under scaling x.
+      mean square over `WORKING_RMS`, which makes training equivariant
+      under scaling x.
 
   Raises:
     ValueError: an unknown objective, num_samples < 1, or a non-positive
@@ -172,6 +201,11 @@ class AmortizedSparseCoding(keras.Model):
     self.coefficients = self.add_weight(
         shape=(3,), name='annealing', dtype=dtype, trainable=False,
         initializer='ones')
+    # lambda held while a_prior > 1, in units of s (module doc); a weight,
+    # so checkpoints keep it through an annealed phase.
+    self.held_scales = self.add_weight(
+        shape=(num_latents,), name='held_scales', dtype=dtype,
+        trainable=False, initializer='ones')
     names = _TERMS
     if self.objective == 'sampled':
       # Only the sampled model has these weights, so analytic models keep
@@ -255,8 +289,9 @@ class AmortizedSparseCoding(keras.Model):
     a = tf.convert_to_tensor(self.coefficients)
     statistics = _sum_over_replicas(
         elbo_lib.elbo_statistics(x, self.dictionary, posterior))
-    return elbo_lib.entropy_elbo_from_statistics(
-        statistics, self.v.shape[0], a[0], a[1], a[2])
+    return elbo_lib.held_prior_elbo_from_statistics(
+        statistics, self.v.shape[0], tf.convert_to_tensor(self.held_scales),
+        a[0], a[1], a[2])
 
   def _step_seed(self):
     """Stateless seed `[2]` int32: [sample_seed, optimizer step]."""
@@ -355,15 +390,41 @@ class AmortizedSparseCoding(keras.Model):
 
 
 class AnnealingCallback(keras.callbacks.Callback):
-  """Sets the model's annealing coefficients to `schedule(epoch)` each epoch."""
+  """Sets the model's annealing coefficients to `schedule(epoch)` each epoch.
 
-  def __init__(self, schedule):
+  At the first epoch of an annealed phase (a_prior > 1 there but not at
+  the epoch before, or at epoch 0) it also sets the model's `held_scales`
+  to lambda* of x under the current encoder, held through the phase
+  (module doc).
+
+  Args:
+    schedule: an `AnnealingSchedule`, indexed by epoch.
+    x: `[N, D]` training data; needed when the schedule anneals the prior.
+    batch_size: points per evaluation batch.
+
+  Raises:
+    ValueError (at an epoch with a_prior > 1): x was not given.
+  """
+
+  def __init__(self, schedule, x=None, batch_size=512):
     super().__init__()
     self.schedule = schedule
+    self.x = x
+    self.batch_size = batch_size
 
   def on_epoch_begin(self, epoch, logs=None):
     c = self.schedule(epoch)
     self.model.coefficients.assign([c.q, c.prior, c.likelihood])
+    if c.prior > 1.0 and (epoch == 0 or self.schedule(epoch - 1).prior <= 1.0):
+      if self.x is None:
+        raise ValueError(
+            f'AnnealingCallback: epoch {epoch} has a_prior = {c.prior} > 1, '
+            'which holds lambda at the training data\'s lambda*; give the '
+            'data as x=.')
+      scales = evaluate_amortized(self.model, self.x,
+                                  self.batch_size)['scales']
+      self.model.held_scales.assign(
+          np.asarray(scales) / self.model.data_scale)
 
   def on_epoch_end(self, epoch, logs=None):
     if logs is not None:
@@ -531,13 +592,14 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
   x = _check_model_args(x, num_latents, posterior, rank, learning_rate, seed,
                         hidden_units, num_blocks, objective, num_samples,
                         jit_compile)
-  scale = data_scale(x)
+  rms = data_scale(x)
+  scale = rms / WORKING_RMS
   num_observed = int(x.shape[1])
   options = {}
   if objective == 'sampled':
     variance = float(np.mean(np.var(x, axis=0, dtype=np.float64)))
     if not variance > _NOISE_FLOOR * scale**2:
-      relative = variance / scale**2
+      relative = variance / rms**2
       raise ValueError(f'x has variance {variance:.3g}, {relative:.3g} times '
                        'its mean square: too small to start the learned '
                        'noise variance of the sampled objective.')
@@ -677,7 +739,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
   dataset = tf.data.Dataset.from_tensor_slices(
       order.reshape(-1, batch_size)).map(lambda i: tf.gather(x, i))
   callbacks = [
-      AnnealingCallback(NoAnnealing() if schedule is None else schedule),
+      AnnealingCallback(NoAnnealing() if schedule is None else schedule, x,
+                        batch_size),
       CheckpointCallback(x, checkpoint_path, history, on_epoch_end,
                          batch_size, seconds, config)]
   if tensorboard_dir:
