@@ -36,7 +36,8 @@ flags.DEFINE_integer('amortized_epochs', None,
 flags.DEFINE_list('variants', ['A', 'B', 'A-paper', 'B-paper', 'C', 'D',
                                 'O-none', 'O-prior'],
                   'Which runs (also: A-newton, variant A by the paper '
-                  'protocol with the Newton E-step).')
+                  'protocol with the Newton E-step; C-prior, variant D with '
+                  'the diagonal family).')
 
 VARIANTS = {
     'A': {'method': 'em', 'annealing': 'none'},
@@ -48,6 +49,8 @@ VARIANTS = {
     'C': {'method': 'amortized', 'posterior': 'diagonal', 'annealing': 'none'},
     'D': {'method': 'amortized', 'posterior': 'lowrank', 'rank': 5,
           'annealing': 'prior_linear'},
+    'C-prior': {'method': 'amortized', 'posterior': 'diagonal',
+                'annealing': 'prior_linear'},
     'O-none': {'method': 'em', 'annealing': 'none', 'patch_size': 8,
                'num_latents': 128},
     'O-prior': {'method': 'em', 'annealing': 'prior', 'patch_size': 8,
@@ -58,6 +61,7 @@ LABELS = {'A': 'A: EM', 'A-newton': 'A (paper protocol), Newton E-step',
           'A-paper': 'A (paper protocol)',
           'B-paper': 'B (paper protocol) + prior annealing',
           'C': 'C: amortized diagonal', 'D': 'D: amortized low-rank + prior',
+          'C-prior': 'C + prior annealing (diagonal, as D)',
           'O-none': 'overcomplete EM (H=2D)',
           'O-prior': 'overcomplete EM + prior'}
 
