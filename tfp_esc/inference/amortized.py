@@ -42,9 +42,11 @@ whitened patches (variance 0.1) for which its initialisation and Adam's
 default step were chosen. Working at rms 1 instead (as from 2026-11-30
 08:35 to this change) made the encoder learn far slower: 8,192 default
 patches, H = 100, diagonal, 50 epochs: ELBO -31.9 at rms 1, 63.9 at
-sqrt(0.1), 76.4 at 0.1, 63.0 at 0.03. `CheckpointCallback` saves weights, optimizer state and
-history atomically after every epoch; `fit_amortized` wires these with the
-usual Keras progress bar and optional TensorBoard.
+sqrt(0.1), 76.4 at 0.1, 63.0 at 0.03.
+
+`CheckpointCallback` saves weights, optimizer state and history atomically
+after every epoch; `fit_amortized` wires these with the usual Keras progress
+bar and optional TensorBoard.
 
 Batches come from a permutation that depends only on (seed, epoch), so a
 resumed run continues exactly as an uninterrupted one.
@@ -415,7 +417,8 @@ class AnnealingCallback(keras.callbacks.Callback):
   def on_epoch_begin(self, epoch, logs=None):
     c = self.schedule(epoch)
     self.model.coefficients.assign([c.q, c.prior, c.likelihood])
-    if c.prior > 1.0 and (epoch == 0 or self.schedule(epoch - 1).prior <= 1.0):
+    phase_starts = epoch == 0 or self.schedule(epoch - 1).prior <= 1.0
+    if c.prior > 1.0 and phase_starts:
       if self.x is None:
         raise ValueError(
             f'AnnealingCallback: epoch {epoch} has a_prior = {c.prior} > 1, '

@@ -330,7 +330,7 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
 
 
 def _least_squares_codes(x, dictionary):
-  """`[N, H]` minimum-norm argmin_nu ||x_n - W nu||, W the normalised dictionary.
+  """`[N, H]` minimum-norm argmin_nu ||x_n - W nu||, W normalised.
 
   Args:
     x: `[N, D]` float tensor.
