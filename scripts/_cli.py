@@ -67,8 +67,11 @@ def _import_tensorflow_quietly():
 
 
 _import_tensorflow_quietly()
-# Matplotlib's font notes would otherwise reach absl's INFO log.
+# Matplotlib's font notes and TensorFlow's Python notes (a line per
+# checkpoint written) would otherwise reach absl's INFO log.
 logging.getLogger('matplotlib').setLevel(logging.WARNING)
+logging.getLogger('tensorflow').setLevel(
+    logging.INFO if _verbosity(sys.argv) >= 1 else logging.WARNING)
 
 
 def _fail(message):

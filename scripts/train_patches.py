@@ -5,7 +5,8 @@
 
 Uses the embedded scikit-image photographs unless --images names
 IMAGES.mat, an image folder or a .npy/.npz. Writes dictionary.npy,
-metrics.json, dictionary.png, training.png, gini.png and checkpoint.npz.
+metrics.json, dictionary.png, training.png, gini.png and checkpoint/ (a
+tf.train.Checkpoint directory).
 Every field of tfp_esc.experiment.PatchesConfig is a flag of the same name
 (`--helpfull` lists them with their documentation).
 

@@ -4,8 +4,11 @@ import dataclasses
 import json
 import os
 
+import shutil
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfp_esc import experiment
 from tfp_esc.inference import _checkpoint
@@ -23,8 +26,17 @@ def test_em_run_writes_outputs_and_resumes(images, tmp_path):
   whole_dir = tmp_path / 'whole'
   whole = experiment.train_patches(_config(images), str(whole_dir))
   for name in ('dictionary.npy', 'metrics.json', 'dictionary.png',
-               'training.png', 'gini.png', 'checkpoint.npz'):
+               'training.png', 'gini.png'):
     assert os.path.getsize(whole_dir / name) > 0, name
+  # One tf.train.Checkpoint kept, holding the run's record.
+  prefix = tf.train.latest_checkpoint(whole_dir / 'checkpoint')
+  record = json.loads(tf.train.load_checkpoint(prefix).get_tensor(
+      'record/.ATTRIBUTES/VARIABLE_VALUE'))
+  assert record['kind'] == 'em-incremental'
+  assert record['state']['epoch'] == 2 and record['state']['refine_round'] == 1
+  assert sorted(os.listdir(whole_dir / 'checkpoint')) == [
+      'checkpoint', os.path.basename(prefix) + '.data-00000-of-00001',
+      os.path.basename(prefix) + '.index']
   with open(whole_dir / 'metrics.json') as f:
     metrics = json.load(f)
   for key in ('elbo', 'noise_variance', 'scales', 'gini', 'seconds', 'entropies',
@@ -54,8 +66,8 @@ def test_em_run_writes_outputs_and_resumes(images, tmp_path):
 
 def _refuses_other_runs(images, workdir):
   """Checks what resuming the 1-epoch EM checkpoint in `workdir` refuses."""
-  checkpoint = os.path.join(workdir, 'checkpoint.npz')
-  before = open(checkpoint, 'rb').read()
+  checkpoint = os.path.join(workdir, 'checkpoint')
+  before = _contents(checkpoint)
   # Without resume or overwrite: refused, naming both ways out.
   with pytest.raises(ValueError, match='exists from an earlier run.*resume'
                      '.*overwrite'):
@@ -74,18 +86,27 @@ def _refuses_other_runs(images, workdir):
   with pytest.raises(ValueError, match='exclude each other'):
     experiment.train_patches(_config(images), workdir, resume=True,
                              overwrite=True)
-  assert open(checkpoint, 'rb').read() == before  # Untouched by refusals.
-  # Corrupt or truncated: named, with the remedy.
+  assert _contents(checkpoint) == before  # Untouched by refusals.
+  # Corrupt or truncated data, index or state file: named, with the remedy.
   broken = os.path.join(workdir, 'broken')
-  os.makedirs(broken)
-  middle = len(before) // 2
-  flipped = before[:middle] + bytes([before[middle] ^ 1]) + before[middle + 1:]
-  for content in (before[:middle], b'not a checkpoint', flipped):
-    with open(os.path.join(broken, 'checkpoint.npz'), 'wb') as f:
-      f.write(content)
-    with pytest.raises(ValueError, match=r'broken/checkpoint.npz.*corrupt.*'
-                       r'delete it.*--overwrite'):
-      experiment.train_patches(_config(images), broken, resume=True)
+  for name, content in before.items():
+    middle = len(content) // 2
+    flipped = (content[:middle] + bytes([content[middle] ^ 1])
+               + content[middle + 1:])
+    for damaged in (content[:middle], flipped):
+      shutil.rmtree(broken, ignore_errors=True)
+      shutil.copytree(checkpoint, os.path.join(broken, 'checkpoint'))
+      with open(os.path.join(broken, 'checkpoint', name), 'wb') as f:
+        f.write(damaged)
+      with pytest.raises(ValueError, match=r'broken/checkpoint.*corrupt.*'
+                         r'delete it.*--overwrite'):
+        experiment.train_patches(_config(images), broken, resume=True)
+
+
+def _contents(folder):
+  """{file name: bytes} of a checkpoint directory."""
+  return {name: open(os.path.join(folder, name), 'rb').read()
+          for name in sorted(os.listdir(folder))}
 
 
 @pytest.mark.parametrize('change,match', [

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfp_esc import experiment
 
@@ -46,7 +47,8 @@ def test_train_patches_bad_input(tmp_path, images):
   out = tmp_path / 'out'
   taken = tmp_path / 'taken'
   taken.mkdir()
-  (taken / 'checkpoint.npz').write_bytes(b'from an earlier run')
+  (taken / 'checkpoint').mkdir()
+  (taken / 'checkpoint' / 'checkpoint').write_bytes(b'from an earlier run')
   base = [f'--images={images}', '--num_patches=64', '--num_latents=4',
           '--patch_size=4', '--batch_size=32', '--refine_rounds=0']
   cases = {
@@ -65,15 +67,16 @@ def test_train_patches_bad_input(tmp_path, images):
       'positional': r'unexpected arguments \[.positional.\]',
       '--images=/no/such.mat': r'/no/such\.mat',
       '--resume --overwrite': r'resume and overwrite exclude each other',
-      f'--output_dir={taken}': r'taken/checkpoint\.npz. exists.*--resume.*'
+      f'--output_dir={taken}': r'taken/checkpoint. exists.*--resume.*'
                                r'--overwrite',
-      f'--output_dir={taken} --resume': r'taken/checkpoint\.npz. is corrupt'
+      f'--output_dir={taken} --resume': r'taken/checkpoint. is corrupt'
                                         r'.*delete it.*--overwrite',
   }
   argvs = [base + [f'--output_dir={out}'] + case.split() for case in cases]
   _check_errors(_sweep('scripts/train_patches.py', argvs), cases.values())
   assert not out.exists()  # Refused before writing anything.
-  assert (taken / 'checkpoint.npz').read_bytes() == b'from an earlier run'
+  assert (taken / 'checkpoint' / 'checkpoint').read_bytes() == (
+      b'from an earlier run')
 
 
 def test_train_bars_bad_input(tmp_path):
@@ -142,16 +145,16 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, images):
   command = [sys.executable, 'scripts/train_patches.py']
   process = subprocess.Popen(command + _patches_flags(images, workdir),
                              stderr=subprocess.PIPE, text=True)
-  checkpoint = workdir / 'checkpoint.npz'
-  while not checkpoint.exists() and process.poll() is None:
+  checkpoint = workdir / 'checkpoint'
+  while not (checkpoint / 'checkpoint').exists() and process.poll() is None:
     time.sleep(0.005)
   time.sleep(random.uniform(0.0, 0.2))  # Anywhere in the run after that.
   running = process.poll() is None
   process.send_signal(signal.SIGKILL)
   stderr = process.communicate()[1]
   assert not _CPP_LOG.search(stderr), stderr  # Quiet by default.
-  with np.load(checkpoint) as data:  # What survived the kill.
-    record = json.loads(str(data['__record__']))
+  record = json.loads(tf.train.load_checkpoint(  # What survived the kill.
+      str(checkpoint)).get_tensor('record/.ATTRIBUTES/VARIABLE_VALUE'))
   print(f'killed while running: {running}, after epoch '
         f'{record["state"]["epoch"]}')
   config = experiment.PatchesConfig(
@@ -170,7 +173,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, images):
     assert history[key] == whole['history'][key], key
   # Outputs and checkpoint share the figures' permissions (umask 022: 0644).
   modes = {p: stat.S_IMODE(os.stat(workdir / p).st_mode) for p in (
-      'dictionary.npy', 'metrics.json', 'checkpoint.npz', 'dictionary.png')}
+      'dictionary.npy', 'metrics.json', 'dictionary.png',
+      *(f'checkpoint/{name}' for name in os.listdir(checkpoint)))}
   assert len(set(modes.values())) == 1, modes
 
 

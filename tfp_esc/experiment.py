@@ -450,7 +450,8 @@ def train_patches(config, workdir, resume=False, overwrite=False):
   Writes dictionary.npy `[D, H]`, metrics.json (per-epoch ELBO, entropies,
   sigma^2, Gini mean and sd, seconds under 'history'; final values at top
   level under the bars script's keys), dictionary.png (ordered by lambda),
-  training.png, gini.png, and workdir/checkpoint.npz after every epoch.
+  training.png, gini.png, and the checkpoint directory workdir/checkpoint
+  (`tf.train.Checkpoint`) after every epoch.
   The checkpoint records the run's config (`PatchesConfig.run_record`) and
   a fingerprint of the data; `resume=True` continues an interrupted run to
   the same result as an uninterrupted one, and refuses a checkpoint of
@@ -477,7 +478,7 @@ def train_patches(config, workdir, resume=False, overwrite=False):
   if resume and overwrite:
     raise ValueError('resume and overwrite exclude each other: resume '
                      'continues the checkpoint, overwrite starts afresh.')
-  checkpoint = os.path.join(workdir, 'checkpoint.npz')
+  checkpoint = os.path.join(workdir, 'checkpoint')
   _checkpoint.check_start(checkpoint, resume, overwrite)
   num_patches = config.num_patches
   if num_patches is None and not _holds_ready_patches(config.images):

@@ -80,7 +80,7 @@ def test_resume_equals_uninterrupted_run(x, tmp_path, warm_start):
   options = dict(OPTIONS, warm_start=warm_start,
                  schedule=get_schedule('prior', slope=1.0, offset=3.0))
   whole = fit_em(x, 10, engine='paper', epochs=3, **options)
-  path = str(tmp_path / 'em.npz')
+  path = str(tmp_path / 'em')
   fit_em(x, 10, engine="paper", epochs=1, checkpoint_path=path,
          **options)  # interrupted
   resumed = fit_em(x, 10, engine="paper", epochs=3, checkpoint_path=path,
@@ -110,8 +110,8 @@ def test_bad_input_raises(x, tmp_path):
   trainer = EMTrainer(x, 10, **OPTIONS)
   # A CheckpointError, which is a ValueError.
   with pytest.raises(ValueError, match='does not exist'):
-    trainer.restore(str(tmp_path / 'none.npz'))
-  path = str(tmp_path / 'h12.npz')
+    trainer.restore(str(tmp_path / 'none'))
+  path = str(tmp_path / 'h12')
   EMTrainer(x, 12, **OPTIONS).save(path)
   with pytest.raises(ValueError, match='dictionary of shape'):
     trainer.restore(path)

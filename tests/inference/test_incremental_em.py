@@ -162,7 +162,7 @@ def test_resume_equals_an_uninterrupted_run(x, tmp_path, data_parallel):
   if data_parallel:
     options['strategy'] = tf.distribute.OneDeviceStrategy('/cpu:0')
   whole = fit_em(x, 10, epochs=3, refine_rounds=2, **options)
-  path = str(tmp_path / 'checkpoint.npz')
+  path = str(tmp_path / 'checkpoint')
   fit_em(x, 10, epochs=2, refine_rounds=0, checkpoint_path=path, **options)
   fit_em(x, 10, epochs=3, refine_rounds=1, checkpoint_path=path, resume=True,
          **options)
@@ -176,20 +176,29 @@ def test_resume_equals_an_uninterrupted_run(x, tmp_path, data_parallel):
 
 
 def test_checkpoint_errors_name_the_file(x, tmp_path):
-  path = str(tmp_path / 'checkpoint.npz')
-  with open(path, 'wb') as f:
+  path = str(tmp_path / 'run')
+  with open(path, 'wb') as f:  # A file (e.g. an older .npz), not a folder.
     f.write(b'not a checkpoint')
-  with pytest.raises(ValueError, match='corrupt.*checkpoint.npz|'
-                                       'checkpoint.npz.*corrupt'):
+  with pytest.raises(ValueError, match="'.*run' is a file, not a checkpoint"):
     fit_em(x, 10, epochs=1, checkpoint_path=path, resume=True, **OPTIONS)
   os.remove(path)
-  fit_em(x, 10, epochs=1, refine_rounds=0, checkpoint_path=path, **OPTIONS)
+  os.makedirs(path)
+  with open(os.path.join(path, 'checkpoint'), 'w') as f:  # A broken state.
+    f.write('not a checkpoint')
+  with pytest.raises(ValueError, match="'.*run' is corrupt"):
+    fit_em(x, 10, epochs=1, checkpoint_path=path, resume=True, **OPTIONS)
+  # Overwriting replaces the broken checkpoint; the new one resumes.
+  fit_em(x, 10, epochs=1, refine_rounds=0, checkpoint_path=path,
+         overwrite=True, **OPTIONS)
+  fit_em(x, 10, epochs=1, refine_rounds=0, checkpoint_path=path, resume=True,
+         **OPTIONS)
   with pytest.raises(ValueError, match='seed'):
     fit_em(x, 10, epochs=2, checkpoint_path=path, resume=True,
            **dict(OPTIONS, seed=4))
-  paper = str(tmp_path / 'paper.npz')
+  paper = str(tmp_path / 'paper')
   EMTrainer(x, 10, batch_size=64, jit_compile=False).save(paper)
-  with pytest.raises(ValueError, match='paper.npz'):
+  with pytest.raises(ValueError, match="'.*paper' was written by a "
+                     "'em-paper' run"):
     IncrementalEMTrainer(x, 10, **OPTIONS).restore(paper)
 
 

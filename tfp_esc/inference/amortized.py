@@ -462,7 +462,7 @@ class CheckpointCallback(keras.callbacks.Callback):
   """After every epoch, evaluates on the full data and saves the state.
 
   The state (model weights, optimizer variables, epoch, history) goes to one
-  .npz written atomically. `history` holds one record per epoch: the
+  `tf.train.Checkpoint` in the directory `path`, replaced atomically. `history` holds one record per epoch: the
   full-data terms of `evaluate_amortized`, the coefficients, cumulative
   seconds and whatever `on_epoch_end(model, epoch)` returns.
   """
@@ -500,28 +500,35 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 
 def save_state(path, model, epoch, history, seconds, config=None):
-  """Writes weights, optimizer variables and progress to `path` atomically.
+  """Writes model, optimizer and progress to the checkpoint `path`.
 
-  Weights and optimizer variables are stored in Keras' order (`w{i}`,
-  `o{i}`) with their shapes recorded; `config` identifies the run (see
+  The model's weights and the optimizer's variables (Adam's slots and step
+  count) go onto `tf.train.Checkpoint` as the objects `model` and
+  `optimizer`; their shapes are recorded so that a mismatch is named
+  before anything is restored. `config` identifies the run (see
   `tfp_esc.inference._checkpoint`).
   """
   weights = model.get_weights()
   slots = [np.asarray(v) for v in model.optimizer.variables]
-  arrays = {f'w{i}': w for i, w in enumerate(weights)}
-  arrays.update({f'o{i}': v for i, v in enumerate(slots)})
   state = {'epoch': epoch, 'history': history, 'seconds': seconds,
            'shapes': [list(w.shape) for w in weights + slots]}
-  _checkpoint.save(path, 'amortized', config or {}, arrays, state)
+  _checkpoint.save(path, 'amortized', config or {}, {}, state,
+                   objects=_trackables(model))
+
+
+def _trackables(model):
+  """What an amortized checkpoint holds: the model and its optimizer."""
+  return {'model': model, 'optimizer': model.optimizer}
 
 
 def _restore_state(path, model, config=None):
   """Loads a state written by `save_state` into `model`; returns progress.
 
   Raises:
-    CheckpointError: a missing, corrupt or foreign file, or another run's.
+    CheckpointError: a missing, corrupt or foreign checkpoint, another
+      run's, or one of another model.
   """
-  arrays, state = _checkpoint.load(path, 'amortized', config or {})
+  _, state = _checkpoint.load(path, 'amortized', config or {})
   model.optimizer.build(model.trainable_variables)
   weights, slots = model.get_weights(), model.optimizer.variables
   shapes = [list(w.shape) for w in weights] + [list(v.shape) for v in slots]
@@ -529,9 +536,7 @@ def _restore_state(path, model, config=None):
     raise _checkpoint.CheckpointError(
         f'checkpoint {path!r} holds weights of shapes {state.get("shapes")}, '
         f'this model has {shapes}.')
-  model.set_weights([arrays[f'w{i}'] for i in range(len(weights))])
-  for i, v in enumerate(slots):
-    v.assign(arrays[f'o{i}'])
+  _checkpoint.restore_objects(path, _trackables(model))
   return state
 
 
@@ -641,7 +646,9 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
     learning_rate: Adam learning rate, in (0, `MAX_LEARNING_RATE`] = (0, 1].
     seed: seeds weights, the batch order and the Monte-Carlo samples.
     hidden_units, num_blocks: encoder size.
-    checkpoint_path: optional .npz saved atomically after every epoch; it
+    checkpoint_path: optional checkpoint directory (`tf.train.Checkpoint`
+      of the model and its optimizer) replaced atomically after every
+      epoch; it
       records the run's config (these settings, the data's shape and
       fingerprint, `checkpoint_config`).
     resume: continue from `checkpoint_path` if it exists; a checkpoint of

@@ -448,7 +448,7 @@ class EMTrainer:
   # -- checkpoints ------------------------------------------------------------
 
   def save(self, path, config=None):
-    """Writes the whole training state to `path` (.npz) atomically.
+    """Writes the whole training state to the checkpoint `path` atomically.
 
     Args:
       path: checkpoint path.
@@ -513,8 +513,8 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
       default `DEFAULT_REFINE_ROUNDS`, 0 for none); at most that many:
       they stop after a round that found no higher ELBO, since the next
       would repeat it (`IncrementalEMTrainer.refine_converged`).
-    checkpoint_path: optional .npz written atomically after every epoch and
-      round; it records the run's config (engine, options, data shape and
+    checkpoint_path: optional checkpoint directory (`tf.train.Checkpoint`)
+      replaced atomically after every epoch and round; it records the run's config (engine, options, data shape and
       fingerprint, `checkpoint_config`).
     resume: continue from `checkpoint_path` if it exists; a checkpoint of
       another run (a differing config field), of the other engine, with
