@@ -63,8 +63,9 @@ from absl import logging
 
 from tfp_esc import _checks
 from tfp_esc.inference import _checkpoint
-from tfp_esc.inference._training import (check_schedule, data_scale,
-                                         scale_posterior, to_data_units)
+from tfp_esc.inference._training import (batches, check_schedule,
+                                         data_scale, scale_posterior,
+                                         to_data_units)
 from tfp_esc.model.sparse_coding import SparseCodingModel, normalize_columns
 from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective import sampled as sampled_lib
@@ -552,17 +553,19 @@ def _posterior_name(posterior, family):
 def batch_order(num_points, batch_size, seed, first_epoch, last_epoch):
   """Batch indices of epochs [first_epoch, last_epoch): `[E, steps, B]` int.
 
-  Each epoch is a permutation that depends only on (seed, epoch), cut into
-  N // B batches (the last partial batch is dropped), so a resumed run sees
-  the same batches as an uninterrupted one.
+  Each epoch is the EM engines' batch order (`_training.batches`: a
+  permutation that depends only on (seed, epoch)), cut into N // B batches
+  (the last partial batch is dropped), so a resumed run sees the same
+  batches as an uninterrupted one.
   """
   steps = num_points // int(batch_size)
-  if last_epoch <= first_epoch:
-    return np.zeros((0, steps, batch_size), np.int64)
+  if last_epoch <= first_epoch or steps == 0:
+    return np.zeros((max(int(last_epoch) - first_epoch, 0) if steps == 0
+                     else 0, steps, batch_size), np.int64)
   return np.stack([
-      np.random.default_rng([seed, e]).permutation(num_points)[
-          :steps * batch_size].reshape(steps, batch_size)
-      for e in range(first_epoch, int(last_epoch))])
+      np.stack(batches(num_points, int(batch_size), seed, e,
+                       drop_remainder=True))
+      for e in range(first_epoch, int(last_epoch))]).astype(np.int64)
 
 
 def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
