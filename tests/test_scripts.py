@@ -171,10 +171,15 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, images):
     history = json.load(f)['history']
   for key in ('elbo', 'noise_variance', 'scales', 'gini_mean', 'phase', 'a_prior'):
     assert history[key] == whole['history'][key], key
+  # One checkpoint left, nothing of a save the kill interrupted.
+  prefix = os.path.basename(tf.train.latest_checkpoint(str(checkpoint)))
+  names = sorted(os.listdir(checkpoint))
+  assert names == ['checkpoint', f'{prefix}.data-00000-of-00001',
+                   f'{prefix}.index'], names
   # Outputs and checkpoint share the figures' permissions (umask 022: 0644).
   modes = {p: stat.S_IMODE(os.stat(workdir / p).st_mode) for p in (
       'dictionary.npy', 'metrics.json', 'dictionary.png',
-      *(f'checkpoint/{name}' for name in os.listdir(checkpoint)))}
+      *(f'checkpoint/{name}' for name in names))}
   assert len(set(modes.values())) == 1, modes
 
 

@@ -43,6 +43,19 @@ def test_arrays_and_record_round_trip_exactly(arrays, tmp_path_factory):
       'checkpoint', 'ckpt-2.data-00000-of-00001', 'ckpt-2.index']
 
 
+def test_a_save_clears_what_a_killed_save_left(tmp_path):
+  path = tmp_path / 'run'
+  _checkpoint.save(str(path), 'em-paper', {}, {'v': np.ones(3)}, {})
+  # A save of ckpt-2 killed midway: TensorFlow's temporary folder remains.
+  (path / 'ckpt-2_temp').mkdir()
+  (path / 'ckpt-2_temp' / 'part-00000-of-00001.tempstate123').write_bytes(b'')
+  _checkpoint.save(str(path), 'em-paper', {}, {'v': np.zeros(3)}, {})
+  assert sorted(os.listdir(path)) == [
+      'checkpoint', 'ckpt-2.data-00000-of-00001', 'ckpt-2.index']
+  np.testing.assert_array_equal(
+      _checkpoint.load(str(path), 'em-paper', {})[0]['v'], np.zeros(3))
+
+
 def test_large_arrays_are_saved_in_small_blocks(tmp_path):
   path = str(tmp_path / 'run')
   loc = np.arange(4000 * 100, dtype=np.float32).reshape(4000, 100)

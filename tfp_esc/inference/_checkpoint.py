@@ -14,7 +14,8 @@ checkpoint and cannot disagree.
 Atomicity is TensorFlow's: a new checkpoint's files are written under a
 new prefix, then the directory's `checkpoint` state file is replaced
 atomically to point at it, then the older one is deleted. A run killed at
-any moment leaves the last complete checkpoint in force.
+any moment leaves the last complete checkpoint in force; the next save
+removes what a killed one left behind.
 
 `load` refuses, with a `CheckpointError` that names the path and the
 remedy,
@@ -38,6 +39,7 @@ import ctypes
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -160,6 +162,11 @@ def save(path, kind, config, arrays, state, objects=None):
   manager.save(checkpoint_number=number)
   del checkpoint, manager
   _return_freed_memory()
+  # A save killed midway leaves TensorFlow's temporary folder (ckpt-<n>_temp
+  # holding a partial file); the state file never pointed at it.
+  for name in os.listdir(path):
+    if name.startswith(_NAME + '-') and name.endswith('_temp'):
+      shutil.rmtree(os.path.join(path, name), ignore_errors=True)
 
 
 def _blocks(array):
