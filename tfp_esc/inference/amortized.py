@@ -463,8 +463,8 @@ class CheckpointCallback(keras.callbacks.Callback):
   """After every epoch, evaluates on the full data and saves the state.
 
   The state (model weights, optimizer variables, epoch, history) goes to one
-  `tf.train.Checkpoint` in the directory `path`, replaced atomically. `history` holds one record per epoch: the
-  full-data terms of `evaluate_amortized`, the coefficients, cumulative
+  `tf.train.Checkpoint` in the directory `path`, replaced atomically.
+  `history` holds one record per epoch: the full-data terms of `evaluate_amortized`, the coefficients, cumulative
   seconds and whatever `on_epoch_end(model, epoch)` returns.
   """
 
@@ -509,12 +509,15 @@ def save_state(path, model, epoch, history, seconds, config=None):
   before anything is restored. `config` identifies the run (see
   `tfp_esc.inference._checkpoint`).
   """
-  weights = model.get_weights()
-  slots = [np.asarray(v) for v in model.optimizer.variables]
   state = {'epoch': epoch, 'history': history, 'seconds': seconds,
-           'shapes': [list(w.shape) for w in weights + slots]}
+           'shapes': _shapes(model)}
   _checkpoint.save(path, 'amortized', config or {}, {}, state,
                    objects=_trackables(model))
+
+
+def _shapes(model):
+  """Shapes of the model's weights, then of its optimizer's variables."""
+  return [list(v.shape) for v in model.weights + model.optimizer.variables]
 
 
 def _trackables(model):
@@ -531,8 +534,7 @@ def _restore_state(path, model, config=None):
   """
   _, state = _checkpoint.load(path, 'amortized', config or {})
   model.optimizer.build(model.trainable_variables)
-  weights, slots = model.get_weights(), model.optimizer.variables
-  shapes = [list(w.shape) for w in weights] + [list(v.shape) for v in slots]
+  shapes = _shapes(model)
   if state.get('shapes') != shapes:
     raise _checkpoint.CheckpointError(
         f'checkpoint {path!r} holds weights of shapes {state.get("shapes")}, '
@@ -559,13 +561,13 @@ def batch_order(num_points, batch_size, seed, first_epoch, last_epoch):
   batches as an uninterrupted one.
   """
   steps = num_points // int(batch_size)
-  if last_epoch <= first_epoch or steps == 0:
-    return np.zeros((max(int(last_epoch) - first_epoch, 0) if steps == 0
-                     else 0, steps, batch_size), np.int64)
+  epochs = range(first_epoch, int(last_epoch))
+  if steps == 0 or not epochs:
+    return np.zeros((len(epochs), steps, batch_size), np.int64)
   return np.stack([
       np.stack(batches(num_points, int(batch_size), seed, e,
                        drop_remainder=True))
-      for e in range(first_epoch, int(last_epoch))]).astype(np.int64)
+      for e in epochs]).astype(np.int64)
 
 
 def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
@@ -651,9 +653,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
     hidden_units, num_blocks: encoder size.
     checkpoint_path: optional checkpoint directory (`tf.train.Checkpoint`
       of the model and its optimizer) replaced atomically after every
-      epoch; it
-      records the run's config (these settings, the data's shape and
-      fingerprint, `checkpoint_config`).
+      epoch; it records the run's config (these settings, the data's shape
+      and fingerprint, `checkpoint_config`).
     resume: continue from `checkpoint_path` if it exists; a checkpoint of
       another run (a differing config field) or trainer, with more epochs
       done than `epochs`, or a corrupt one raises `CheckpointError`.

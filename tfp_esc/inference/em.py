@@ -514,8 +514,9 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
       they stop after a round that found no higher ELBO, since the next
       would repeat it (`IncrementalEMTrainer.refine_converged`).
     checkpoint_path: optional checkpoint directory (`tf.train.Checkpoint`)
-      replaced atomically after every epoch and round; it records the run's config (engine, options, data shape and
-      fingerprint, `checkpoint_config`).
+      replaced atomically after every epoch and round; it records the
+      run's config (engine, options, data shape and fingerprint,
+      `checkpoint_config`).
     resume: continue from `checkpoint_path` if it exists; a checkpoint of
       another run (a differing config field), of the other engine, with
       more epochs or rounds done than asked for, or a corrupt one raises
