@@ -51,7 +51,8 @@ STRATEGIES = ('default', 'mirrored')
 # Fields of PatchesConfig that say how far to train, or on what devices,
 # not which run it is: a resumed run may change them (the checkpoint records
 # everything else).
-_EXTENT_FIELDS = ('epochs', 'refine_rounds', 'strategy')
+_EXTENT_FIELDS = ('epochs', 'refine_rounds', 'strategy',
+                  'early_stopping_patience')
 
 
 class ConfigError(ValueError):
@@ -313,6 +314,10 @@ class PatchesConfig:
       (incremental 16 per revisit; paper 10 Newton or 100 L-BFGS).
     m_step_size: engine 'paper': gradient step on the dictionary.
     learning_rate: Adam learning rate (amortized).
+    early_stopping_patience: method 'amortized': stop before `epochs` once
+      the full-data ELBO has not risen for this many non-annealed epochs
+      (`tfp_esc.inference.amortized.elbo_has_stalled`); None: run every
+      epoch.
     hidden_units: width of the encoder's layers (amortized).
     num_blocks: residual blocks of the encoder (amortized).
     dtype: 'float32' or 'float64'.
@@ -343,6 +348,7 @@ class PatchesConfig:
   e_step_iterations: int | None = _field(None, minimum=1)
   m_step_size: float = _field(0.5, low=0.0)
   learning_rate: float = _field(1e-3, low=0.0)
+  early_stopping_patience: int | None = _field(None, minimum=1)
   hidden_units: int = _field(256, minimum=1)
   num_blocks: int = _field(2, minimum=0)
   dtype: str = _field('float32', choices=DTYPES)
@@ -372,6 +378,10 @@ class PatchesConfig:
                         "option of method 'amortized' and of the "
                         "incremental EM engine; engine 'paper' runs on one "
                         'device.')
+    if self.method == 'em' and self.early_stopping_patience is not None:
+      raise ConfigError('early_stopping_patience', 'early_stopping_patience '
+                        "is an option of method 'amortized'; EM stops by "
+                        'epochs and refine_rounds.')
     if self.method == 'amortized' and (
         self.e_step is not None or self.e_step_iterations is not None):
       name = 'e_step' if self.e_step is not None else 'e_step_iterations'
@@ -561,6 +571,7 @@ def _train_patches_amortized(config, x, workdir, checkpoint, resume):
       tensorboard_dir=(os.path.join(workdir, 'tensorboard')
                        if importlib.util.find_spec('tensorboard') else None),
       on_epoch_end=gini, verbose=0,
+      early_stopping_patience=config.early_stopping_patience,
       strategy=(tf.distribute.MirroredStrategy()
                 if config.strategy == 'mirrored' else None))
   return model.dictionary.numpy(), history, model

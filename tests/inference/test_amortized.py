@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from tfp_esc.data.bars import make_bars
 from tfp_esc.inference.amortized import (
+  DICTIONARY_INIT_NORM,
+  elbo_has_stalled,
   evaluate_amortized,
   fit_amortized,
   make_amortized_model,
@@ -152,6 +154,64 @@ def test_bad_input_raises(x):
   with pytest.raises(ValueError, match='their D differ'):
     entropy_elbo(x[:, :24], model.dictionary, model.posterior(x))
 
+
+
+def test_elbo_has_stalled_on_hand_made_histories():
+  rising = {'elbo': [1.0, 2.0, 3.0, 4.0]}
+  assert not elbo_has_stalled(rising, 1)
+  # Best at epoch 1; two later epochs without a rise: stalled for patience
+  # 2, not yet for 3.
+  peaked = {'elbo': [1.0, 5.0, 4.0, 4.5]}
+  assert elbo_has_stalled(peaked, 2)
+  assert not elbo_has_stalled(peaked, 3)
+  # A rise smaller than min_delta does not count as progress.
+  creeping = {'elbo': [1.0, 1.05, 1.1]}
+  assert not elbo_has_stalled(creeping, 2)
+  assert elbo_has_stalled(creeping, 2, min_delta=0.2)
+  # Annealed epochs do not count: the two annealed epochs' fall and their
+  # high start are ignored, so the plain epochs [3, 4] still rise.
+  annealed = {'elbo': [9.0, 1.0, 3.0, 4.0], 'a_prior': [2.0, 1.5, 1.0, 1.0],
+              'a_q': [1.0] * 4, 'a_lik': [1.0] * 4}
+  assert not elbo_has_stalled(annealed, 1)
+  assert elbo_has_stalled(dict(annealed, a_prior=[1.0] * 4), 1)
+
+
+def test_early_stopping_stops_and_a_resume_stops_at_the_same_epoch(
+    x, tmp_path):
+  # min_delta far above any change: the ELBO never counts as rising, so a
+  # patience of 2 stops after epoch 0 plus 2 epochs, of 10 asked for.
+  options = dict(SMALL, epochs=10, early_stopping_patience=2,
+                 early_stopping_min_delta=1e9)
+  whole, whole_history = fit_amortized(x, 10, **options)
+  assert whole_history['epoch'] == [0, 1, 2]
+  path = str(tmp_path / 'state')
+  fit_amortized(x, 10, **dict(options, epochs=2), checkpoint_path=path)
+  resumed, history = fit_amortized(x, 10, **options, checkpoint_path=path,
+                                   resume=True)
+  assert history['epoch'] == [0, 1, 2]
+  np.testing.assert_allclose(resumed.dictionary, whole.dictionary, atol=1e-5)
+  # A resume of a run that has already stalled trains no further.
+  again, history = fit_amortized(x, 10, **options, checkpoint_path=path,
+                                 resume=True)
+  assert history['epoch'] == [0, 1, 2]
+  np.testing.assert_array_equal(again.dictionary, resumed.dictionary)
+  with pytest.raises(ValueError, match='early_stopping_patience must be'):
+    fit_amortized(x, 10, **dict(options, early_stopping_patience=0))
+  with pytest.raises(ValueError, match='early_stopping_min_delta must be'):
+    fit_amortized(x, 10, **dict(options, early_stopping_min_delta=-1.0))
+
+
+@pytest.mark.parametrize('num_observed', [16, 256])
+def test_raw_dictionary_starts_at_its_column_norm(num_observed):
+  # The column norm of V sets the dictionary's Adam step relative to the
+  # encoder's (module doc); it must not grow with D.
+  data = np.random.default_rng(0).standard_normal((64, num_observed))
+  model = make_amortized_model(data.astype(np.float32), 100, hidden_units=8)
+  norms = np.linalg.norm(model.v.numpy(), axis=0)
+  # Each squared norm is DICTIONARY_INIT_NORM^2 chi^2_D / D; its mean over
+  # 100 columns has relative sd sqrt(2 / (100 D)) <= 0.036.
+  np.testing.assert_allclose(np.mean(norms**2), DICTIONARY_INIT_NORM**2,
+                             rtol=4 * np.sqrt(2 / (100 * num_observed)))
 
 
 def test_float64_training_reports_float64_terms():

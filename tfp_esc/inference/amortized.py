@@ -29,7 +29,9 @@ L_a with lambda held at `held_scales`, and sigma^2 at the batch's sigma^2*
 `fit_joint` and incremental EM). As in incremental EM, lambda is held
 through the whole annealed phase at the full data's lambda* under the
 encoder where the phase starts (the callback computes it): D then reaches
-74.5 and the diagonal family 76.0 (50 epochs, otherwise unchanged).
+74.5 and the diagonal family 76.0 (50 epochs, otherwise unchanged; these
+figures predate the dictionary step below, with which D reaches 76.9 and C
+without annealing 82.6).
 Re-estimated at every epoch instead, lambda ratchets down (the codes shrink
 under the stronger prior, lambda follows: 0.6 -> 0.03 over the annealed
 epochs) and the run ends near -50. `held_scales` is a non-trainable weight,
@@ -43,6 +45,26 @@ default step were chosen. Working at rms 1 instead (as from 2026-11-30
 08:35 to this change) made the encoder learn far slower: 8,192 default
 patches, H = 100, diagonal, 50 epochs: ELBO -31.9 at rms 1, 63.9 at
 sqrt(0.1), 76.4 at 0.1, 63.0 at 0.03.
+
+Dictionary step. W = V / ||V||_col, so an Adam step of size about lr per
+entry of V turns the column W_h by about lr sqrt(D) / ||V_h||: the column
+norm sets how fast the dictionary learns relative to the encoder. V starts
+with columns of norm about `DICTIONARY_INIT_NORM` = 0.15 (the norms grow
+slowly as training goes on, since the gradient is orthogonal to V_h).
+Keras' default RandomNormal(0.05) gave norms of 0.05 sqrt(D) (0.8 for
+16 x 16 patches), and the dictionary lagged: unseen photographs (8,192
+patches, D = 256, H = 64, diagonal, 60 s): encoder ELBO 62.8 -> 66.4,
+per-point re-fit 64.9 -> 68.0, amortization gap 2.1 -> 1.6
+(`benchmarks/amortization_gap.py`; norms 0.27 and 0.08 gave 65.6 / 67.1 and
+65.7 / 67.5).
+
+Early stopping on the ELBO. `fit_amortized(early_stopping_patience=P)`
+stops when the full-data ELBO of the non-annealed epochs has not risen by
+more than `early_stopping_min_delta` for P epochs (`elbo_has_stalled`).
+The rule reads only the recorded history, which the checkpoint keeps, so a
+resumed run stops where an uninterrupted one does (Keras' `EarlyStopping`
+keeps its counter outside any checkpoint, and watches the batch-average
+metric).
 
 `CheckpointCallback` saves weights, optimizer state and history atomically
 after every epoch; `fit_amortized` wires these with the usual Keras progress
@@ -73,15 +95,18 @@ from tfp_esc.objective.annealing import NoAnnealing
 from tfp_esc.posterior.encoders import make_encoder, posterior_from_outputs
 from tfp_esc.posterior.gaussian import FAMILIES
 
-__all__ = ['OBJECTIVES', 'WORKING_RMS', 'AmortizedSparseCoding',
-           'AnnealingCallback',
-           'CheckpointCallback', 'batch_order', 'evaluate_amortized',
-           'fit_amortized', 'make_amortized_model']
+__all__ = ['DICTIONARY_INIT_NORM', 'OBJECTIVES', 'WORKING_RMS',
+           'AmortizedSparseCoding', 'AnnealingCallback', 'CheckpointCallback',
+           'ElboEarlyStopping', 'batch_order', 'elbo_has_stalled',
+           'evaluate_amortized', 'fit_amortized', 'make_amortized_model']
 
 OBJECTIVES = ('analytic', 'sampled')
 
 # Root mean square of the data the model works on (module doc).
 WORKING_RMS = math.sqrt(0.1)
+# Initial column norm of the raw dictionary V (module doc, "Dictionary
+# step").
+DICTIONARY_INIT_NORM = 0.15
 
 _TERMS = ('elbo', 'objective', 'q_entropy', 'prior_entropy',
           'likelihood_entropy', 'noise_variance')
@@ -198,9 +223,13 @@ class AmortizedSparseCoding(keras.Model):
     self.family = family
     self.sample_seed = int(seed if sample_seed is None else sample_seed)
     dtype = encoder.inputs[0].dtype
+    # Columns of norm about DICTIONARY_INIT_NORM (module doc, "Dictionary
+    # step").
     self.v = self.add_weight(
         shape=(num_observed, num_latents), name='dictionary', dtype=dtype,
-        initializer=keras.initializers.RandomNormal(seed=seed))
+        initializer=keras.initializers.RandomNormal(
+            stddev=DICTIONARY_INIT_NORM / math.sqrt(num_observed),
+            seed=seed))
     self.coefficients = self.add_weight(
         shape=(3,), name='annealing', dtype=dtype, trainable=False,
         initializer='ones')
@@ -500,6 +529,55 @@ class CheckpointCallback(keras.callbacks.Callback):
                  self.config)
 
 
+def elbo_has_stalled(history, patience, min_delta=0.0):
+  """Whether the ELBO has not risen by more than `min_delta` for `patience`
+  epochs (module doc, "Early stopping on the ELBO").
+
+  Only non-annealed epochs count (a_q = a_prior = a_lik = 1 where the
+  history records the coefficients): an annealed phase moves the ELBO for
+  the schedule's sake.
+
+  Args:
+    history: dict of per-epoch lists with at least 'elbo' (as returned by
+      `fit_amortized`).
+    patience: P >= 1 epochs.
+    min_delta: float >= 0, the smallest rise that counts as progress.
+
+  Returns:
+    bool: True when more than P non-annealed epochs are recorded and the
+    best of the last P exceeds the best before them by at most min_delta.
+  """
+  elbo = np.asarray(history.get('elbo', []), np.float64)
+  plain = np.ones(elbo.shape, bool)
+  for k in ('a_q', 'a_prior', 'a_lik'):
+    if k in history:
+      plain &= np.asarray(history[k], np.float64) == 1.0
+  elbo = elbo[plain]
+  if elbo.size <= patience:
+    return False
+  return bool(elbo[-patience:].max() <= elbo[:-patience].max() + min_delta)
+
+
+class ElboEarlyStopping(keras.callbacks.Callback):
+  """Stops training once `elbo_has_stalled(history, patience, min_delta)`.
+
+  Args:
+    history: the dict `CheckpointCallback` fills (this callback must come
+      after it in the list, so it sees the epoch's record).
+    patience, min_delta: as in `elbo_has_stalled`.
+  """
+
+  def __init__(self, history, patience, min_delta=0.0):
+    super().__init__()
+    self.history, self.patience, self.min_delta = history, patience, min_delta
+
+  def on_epoch_end(self, epoch, logs=None):
+    if elbo_has_stalled(self.history, self.patience, self.min_delta):
+      logging.info('epoch %d: the ELBO has not risen by more than %g for %d '
+                   'epochs; stopping.', epoch, self.min_delta, self.patience)
+      self.model.stop_training = True
+
+
 def save_state(path, model, epoch, history, seconds, config=None):
   """Writes model, optimizer and progress to the checkpoint `path`.
 
@@ -637,7 +715,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
                   resume=False, overwrite=False, checkpoint_config=None,
                   tensorboard_dir=None, on_epoch_end=None, verbose=1,
                   objective='analytic', num_samples=1, family=None,
-                  strategy=None):
+                  strategy=None, early_stopping_patience=None,
+                  early_stopping_min_delta=0.0):
   """Trains encoder and dictionary by Adam on F_a (the Keras way).
 
   Args:
@@ -677,6 +756,11 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
       (analytic objective; the sampled one draws its noise per replica).
       `MultiWorkerMirroredStrategy` runs the same code on several machines
       (README). batch_size is the global batch, divided among replicas.
+    early_stopping_patience: optional P >= 1: stop before `epochs` once
+      the full-data ELBO has not risen by more than
+      `early_stopping_min_delta` (>= 0) for P non-annealed epochs
+      (`elbo_has_stalled`); a resumed run that has already stalled trains
+      no further. Default None: run all epochs.
 
   Returns:
     (model, history): the trained `AmortizedSparseCoding` and per-epoch lists
@@ -705,6 +789,10 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
   _checks.check_flag(resume, 'resume')
   _checks.check_flag(overwrite, 'overwrite')
   _checks.check_count(verbose, 'verbose', 0, 2)
+  if early_stopping_patience is not None:
+    _checks.check_count(early_stopping_patience, 'early_stopping_patience')
+  _checks.check_real(early_stopping_min_delta, 'early_stopping_min_delta',
+                     low=0.0, low_open=False)
   if on_epoch_end is not None and not callable(on_epoch_end):
     raise TypeError(f'on_epoch_end must be callable or None, got '
                     f'{type(on_epoch_end).__name__}.')
@@ -757,6 +845,12 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
                         batch_size),
       CheckpointCallback(x, checkpoint_path, history, on_epoch_end,
                          batch_size, seconds, config)]
+  stalled = False
+  if early_stopping_patience is not None:
+    callbacks.append(ElboEarlyStopping(history, early_stopping_patience,
+                                       early_stopping_min_delta))
+    stalled = elbo_has_stalled(history, early_stopping_patience,
+                               early_stopping_min_delta)
   if tensorboard_dir:
     try:
       import tensorboard  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
@@ -765,7 +859,7 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
       logging.warning('TensorBoard is not installed (pip install '
                       '"tfp_esc[tensorboard]"); no logs in %s.',
                       tensorboard_dir)
-  if epochs > initial_epoch:
+  if epochs > initial_epoch and not stalled:
     model.fit(dataset, epochs=int(epochs), initial_epoch=initial_epoch,
               steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
               shuffle=False)
