@@ -5,10 +5,11 @@ with `save` into a checkpoint directory managed by
 `tf.train.CheckpointManager` (one checkpoint kept): named arrays (the EM
 engines' NumPy state, in row blocks `arrays/<name>/<i>`), trackable
 objects (the amortized Keras model and its optimizer, slots included) and
-one JSON record, a string variable in the same checkpoint, holding the trainer's `kind`, the run's `config` (the
-trainer's settings, the data's shape, dtype and fingerprint, and whatever
-the caller adds, e.g. an experiment's config) and the trainer's progress
-(epoch, history, seconds, ...). So config, progress and weights are one
+one JSON record, a string variable in the same checkpoint, holding the
+trainer's `kind`, the run's `config` (the trainer's settings, the data's
+shape, dtype and fingerprint, and whatever the caller adds, e.g. an
+experiment's config) and the trainer's progress (epoch, history,
+seconds, ...). So config, progress and weights are one
 checkpoint and cannot disagree.
 
 Atomicity is TensorFlow's: a new checkpoint's files are written under a

@@ -91,7 +91,7 @@ from tfp_esc.inference._training import (batches, check_schedule,
 from tfp_esc.model.sparse_coding import SparseCodingModel, normalize_columns
 from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective import sampled as sampled_lib
-from tfp_esc.objective.annealing import NoAnnealing
+from tfp_esc.objective.annealing import AnnealingCoefficients, NoAnnealing
 from tfp_esc.posterior.encoders import make_encoder, posterior_from_outputs
 from tfp_esc.posterior.gaussian import FAMILIES
 
@@ -547,12 +547,12 @@ def elbo_has_stalled(history, patience, min_delta=0.0):
     bool: True when more than P non-annealed epochs are recorded and the
     best of the last P exceeds the best before them by at most min_delta.
   """
-  elbo = np.asarray(history.get('elbo', []), np.float64)
-  plain = np.ones(elbo.shape, bool)
-  for k in ('a_q', 'a_prior', 'a_lik'):
-    if k in history:
-      plain &= np.asarray(history[k], np.float64) == 1.0
-  elbo = elbo[plain]
+  elbo = history.get('elbo', [])
+  coefficients = zip(*(history.get(k, [1.0] * len(elbo))
+                       for k in ('a_q', 'a_prior', 'a_lik')))
+  elbo = np.asarray([value for value, c in zip(elbo, coefficients)
+                     if not AnnealingCoefficients(*c).is_annealed],
+                    np.float64)
   if elbo.size <= patience:
     return False
   return bool(elbo[-patience:].max() <= elbo[:-patience].max() + min_delta)
