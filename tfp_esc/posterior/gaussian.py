@@ -47,6 +47,22 @@ def _observed_column_norms2(dictionary, mask):
   return tf.einsum('...d,dh->...h', mask, squares)
 
 
+def _dictionary_times(dictionary, matrices):
+  """(W M_n)^T `[..., K, D]` for W `[D, H]` and M `[..., H, K]`.
+
+  The same values as `tf.einsum('dh,...hk->...kd', W, M)`, formed as one
+  2-D matmul of the stacked M_n^T `[N K, H]` with W^T. The einsum's
+  gradient in W is far slower on CPU: the low-rank trace term of 512
+  points (D = 256, H = 100, R = 5) took 15.7 ms forward and backward with
+  the einsum, which made an amortized low-rank step cost 4x a diagonal one.
+  """
+  shape = tf.shape(matrices)
+  stacked = tf.reshape(tf.linalg.matrix_transpose(matrices), [-1, shape[-2]])
+  product = tf.matmul(stacked, dictionary, transpose_b=True)
+  return tf.reshape(product, tf.concat(
+      [shape[:-2], [shape[-1], tf.shape(dictionary)[0]]], axis=0))
+
+
 def _softplus(floor, dtype):
   return tfb.Softplus(low=tf.constant(floor, dtype))
 
@@ -221,8 +237,8 @@ class FullGaussian(GaussianPosterior):
   def trace_term(self, dictionary, mask=None):
     if mask is not None:
       # sum_d m_d ||(W L)_d||^2: O(D H^2) per point.
-      wl = tf.einsum('dh,...hk->...dk', dictionary, self.scale_tril)
-      return tf.reduce_sum(mask * tf.reduce_sum(tf.square(wl), -1), -1)
+      wl = _dictionary_times(dictionary, self.scale_tril)
+      return tf.reduce_sum(mask * tf.reduce_sum(tf.square(wl), -2), -1)
     # tr(W L L^T W^T) = tr(L^T G L), G = W^T W: O(H^3) per point, not O(D H^2).
     gram = tf.matmul(dictionary, dictionary, transpose_a=True)
     return tf.reduce_sum(
@@ -298,7 +314,7 @@ class LowRankGaussian(GaussianPosterior):
 
   def trace_term(self, dictionary, mask=None):
     wu2 = tf.reduce_sum(
-        tf.square(tf.einsum('dh,...hr->...dr', dictionary, self.factor)), -1)
+        tf.square(_dictionary_times(dictionary, self.factor)), -2)
     if mask is not None:
       wu2 = mask * wu2
     return (tf.reduce_sum(tf.square(self.scale)
