@@ -140,6 +140,13 @@ def _contents(folder):
     ({'method': 'amortized', 'e_step_iterations': None,
       'early_stopping_patience': 0},
      '^early_stopping_patience must be an integer >= 1'),
+    ({'posterior_steps': 1}, "^posterior_steps is an option of method "
+                             "'amortized'"),
+    ({'method': 'amortized', 'e_step_iterations': None,
+      'posterior': 'lowrank', 'posterior_steps': 2},
+     '^posterior_steps refines diagonal posteriors only'),
+    ({'method': 'amortized', 'e_step_iterations': None,
+      'posterior_steps': -1}, '^posterior_steps must be an integer >= 0'),
     ({'strategy': 'tpu'}, r"^strategy must be one of \['default', "
                           "'mirrored'\]"),
 ])

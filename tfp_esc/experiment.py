@@ -318,6 +318,10 @@ class PatchesConfig:
       the full-data ELBO has not risen for this many non-annealed epochs
       (`tfp_esc.inference.amortized.elbo_has_stalled`); None: run every
       epoch.
+    posterior_steps: method 'amortized', diagonal posteriors: K
+      majorise-minimise steps that refine the encoder's posteriors in
+      training and evaluation (`tfp_esc.inference.amortized`, "Refined
+      posteriors"); 0: the encoder's own.
     hidden_units: width of the encoder's layers (amortized).
     num_blocks: residual blocks of the encoder (amortized).
     dtype: 'float32' or 'float64'.
@@ -349,6 +353,7 @@ class PatchesConfig:
   m_step_size: float = _field(0.5, low=0.0)
   learning_rate: float = _field(1e-3, low=0.0)
   early_stopping_patience: int | None = _field(None, minimum=1)
+  posterior_steps: int = _field(0, minimum=0)
   hidden_units: int = _field(256, minimum=1)
   num_blocks: int = _field(2, minimum=0)
   dtype: str = _field('float32', choices=DTYPES)
@@ -382,6 +387,14 @@ class PatchesConfig:
       raise ConfigError('early_stopping_patience', 'early_stopping_patience '
                         "is an option of method 'amortized'; EM stops by "
                         'epochs and refine_rounds.')
+    if self.method == 'em' and self.posterior_steps:
+      raise ConfigError('posterior_steps', 'posterior_steps is an option of '
+                        "method 'amortized'; EM fits every point's posterior "
+                        'itself.')
+    if (self.method == 'amortized' and self.posterior_steps
+        and self.posterior != 'diagonal'):
+      raise ConfigError('posterior_steps', 'posterior_steps refines diagonal '
+                        f'posteriors only, got posterior {self.posterior!r}.')
     if self.method == 'amortized' and (
         self.e_step is not None or self.e_step_iterations is not None):
       name = 'e_step' if self.e_step is not None else 'e_step_iterations'
@@ -572,6 +585,7 @@ def _train_patches_amortized(config, x, workdir, checkpoint, resume):
                        if importlib.util.find_spec('tensorboard') else None),
       on_epoch_end=gini, verbose=0,
       early_stopping_patience=config.early_stopping_patience,
+      posterior_steps=config.posterior_steps,
       strategy=(tf.distribute.MirroredStrategy()
                 if config.strategy == 'mirrored' else None))
   return model.dictionary.numpy(), history, model

@@ -8,11 +8,13 @@ import tensorflow as tf
 from tfp_esc.data.bars import make_bars
 from tfp_esc.inference.amortized import (
   DICTIONARY_INIT_NORM,
+  amortized_posterior,
   elbo_has_stalled,
   evaluate_amortized,
   fit_amortized,
   make_amortized_model,
 )
+from tfp_esc.evaluation.evaluate import amortization_gap
 from tfp_esc.inference.elbo_comparison import dictionary_gradient_variance
 from tfp_esc.model.sparse_coding import normalize_columns
 from tfp_esc.objective.annealing import get_schedule
@@ -353,3 +355,106 @@ def test_bad_objective_arguments_raise(x):
   model = make_amortized_model(x, 10, **TINY)
   with pytest.raises(ValueError, match="learned only with objective='sampled'"):
     _ = model.scales
+
+
+# Refined posteriors (posterior_steps > 0): module doc, "Refined posteriors".
+
+
+@pytest.fixture(scope='module')
+def x64():
+  return make_bars(256, seed=1).x.astype(np.float64)
+
+
+def _pair(x, iterations=3, **kwargs):
+  """Models with the same weights, without and with refinement."""
+  return [make_amortized_model(x, 10, hidden_units=32, seed=2,
+                               posterior_steps=k, **kwargs)
+          for k in (0, iterations)]
+
+
+def test_refinement_never_lowers_the_elbo(x64):
+  # lambda, sigma^2 held at the encoder's lambda*, sigma^2*: every point's
+  # -L falls, so F(refined) >= L(refined; held) >= F(encoder), exactly.
+  plain, _ = fit_amortized(x64, 10, epochs=2, seed=2, **SMALL)
+  refined = make_amortized_model(x64, 10, hidden_units=32, seed=2,
+                                 posterior_steps=3)
+  refined.set_weights(plain.get_weights())
+  before = evaluate_amortized(plain, x64)['elbo']
+  after = evaluate_amortized(refined, x64)['elbo']
+  assert after >= before - 1e-10, (before, after)
+  assert after > before + 0.1, (before, after)  # and it does something
+  # Refinement changes the means, not just the scales.
+  q0 = amortized_posterior(plain, x64)
+  q1 = amortized_posterior(refined, x64)
+  assert np.max(np.abs(q1.loc.numpy() - q0.loc.numpy())) > 1e-3
+
+
+def test_refined_posteriors_do_not_depend_on_the_batches(x64):
+  _, refined = _pair(x64)
+  # Up to the order of the float sums behind lambda*, sigma^2*: an
+  # accept test of a point at a near-tie may then go the other way, which
+  # moves that point by ~1e-8 (lambda* of each batch instead moves every
+  # point by ~1e-2).
+  a = amortized_posterior(refined, x64, batch_size=256)
+  b = amortized_posterior(refined, x64, batch_size=37)
+  np.testing.assert_allclose(b.loc.numpy(), a.loc.numpy(), rtol=1e-6,
+                             atol=1e-8)
+  np.testing.assert_allclose(b.scale.numpy(), a.scale.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(evaluate_amortized(refined, x64, 37)['elbo'],
+                             evaluate_amortized(refined, x64, 256)['elbo'],
+                             rtol=1e-9)
+  # The data set's posterior is the model's posterior of all of x at once.
+  np.testing.assert_allclose(refined.posterior(x64).loc.numpy(),
+                             a.loc.numpy(), rtol=1e-6, atol=1e-8)
+
+
+def test_refinement_trains_the_encoder_on_its_own_elbo(x64):
+  # The encoder's gradient is that of F at its own posteriors (W held),
+  # with or without refinement; the dictionary's is that of F at the
+  # refined posteriors, which are constants.
+  plain, refined = _pair(x64)
+  batch = tf.constant(x64[:64])
+  seed = tf.constant([0, 0])
+
+  def gradients(model):
+    with tf.GradientTape() as tape:
+      objective, _ = model.objective_values(batch, seed)
+    return tape.gradient(objective, model.encoder.trainable_variables)
+
+  for a, b in zip(gradients(plain), gradients(refined)):
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-9, atol=1e-12)
+
+  xn = batch / refined.data_scale
+  encoder_q = refined._posterior(xn)  # pylint: disable=protected-access
+  held = entropy_elbo(xn, refined.dictionary, encoder_q)
+  q = refined.refined_posterior(xn, encoder_q, held.scales,
+                                held.noise_variance)
+  with tf.GradientTape() as tape:
+    elbo = entropy_elbo(xn, normalize_columns(refined.v), q).elbo
+  expected = tape.gradient(elbo, refined.v)
+  np.testing.assert_allclose(refined.dictionary_gradient(batch).numpy(),
+                             expected.numpy(), rtol=1e-8, atol=1e-12)
+
+
+def test_refined_training_narrows_the_gap(x):
+  refined, history = fit_amortized(x, 10, epochs=3, learning_rate=1e-2,
+                                   posterior_steps=3, **SMALL)
+  assert history['elbo'][-1] > history['elbo'][0] + 2.0, history['elbo']
+  plain = make_amortized_model(x, 10, hidden_units=32)
+  plain.set_weights(refined.get_weights())
+  narrow = amortization_gap(refined, x, iterations=100)['gap']
+  wide = amortization_gap(plain, x, iterations=100)['gap']
+  assert -1e-3 <= narrow < wide - 1.0, (narrow, wide)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    ({'posterior_steps': -1}, 'posterior_steps'),
+    ({'posterior_steps': 1.5}, 'posterior_steps'),
+    ({'posterior_steps': 2, 'posterior': 'lowrank'}, 'posterior_steps'),
+    ({'posterior_steps': 2, 'objective': 'sampled'}, 'posterior_steps'),
+])
+def test_bad_posterior_steps_raise(x, kwargs, message):
+  with pytest.raises((ValueError, TypeError), match=message):
+    fit_amortized(x, 10, epochs=1, **SMALL, **kwargs)
+  with pytest.raises((ValueError, TypeError), match=message):
+    make_amortized_model(x, 10, **kwargs)

@@ -186,11 +186,14 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512):
   """What the encoder costs: F of a converged per-point re-fit minus the
   encoder's F, for the same dictionary and data (issue 11).
 
-  The encoder's F is `evaluate_amortized` (full-data lambda*, sigma^2*). The
-  re-fit keeps the dictionary and fits every point's posterior:
+  The encoder's F is `evaluate_amortized` (full-data lambda*, sigma^2*),
+  of the model's posteriors: refined ones where the model has
+  `posterior_steps` > 0. The re-fit keeps the dictionary and fits every
+  point's posterior:
 
   - diagonal: `mm_e_step` on the whole data set as one batch, warm-started
-    at the encoder's posteriors, lambda*, sigma^2* free. Every iteration
+    at the model's posteriors (`amortized_posterior`), lambda*, sigma^2*
+    free. Every iteration
     raises the full-data F, so the gap is >= 0 exactly.
   - lowrank, full: `evaluate_dictionary` (joint L-BFGS with the dictionary
     frozen, from its own start), so the gap is >= 0 only up to its
@@ -212,7 +215,8 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512):
   # Imported here: evaluation sits right of inference, and only this
   # function needs the amortized model and the E-step.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfp_esc.inference.amortized import evaluate_amortized  # pylint: disable=g-import-not-at-top
+  from tfp_esc.inference.amortized import (  # pylint: disable=g-import-not-at-top
+      amortized_posterior, evaluate_amortized)
   from tfp_esc.inference.mm import mm_e_step  # pylint: disable=g-import-not-at-top
   from tfp_esc.objective.elbo import entropy_elbo  # pylint: disable=g-import-not-at-top
   from tfp_esc.posterior.gaussian import DiagonalGaussian  # pylint: disable=g-import-not-at-top
@@ -228,12 +232,8 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512):
                                 rank=rank, num_iw_samples=0, gini_samples=1)
     refit_elbo, refit_noise_variance = refit['elbo'], refit['noise_variance']
   else:
-    locs, scales = [], []
-    for start in range(0, len(x), batch_size):
-      q = model.posterior(tf.constant(x[start:start + batch_size]))
-      locs.append(q.loc.numpy())
-      scales.append(q.scale.numpy())
-    loc, scale = np.concatenate(locs), np.concatenate(scales)
+    q = amortized_posterior(model, x, batch_size=batch_size)
+    loc, scale = q.loc.numpy(), q.scale.numpy()
     floor = min(RELATIVE_SCALE_FLOOR * data_scale(x),
                 0.5 * float(scale.min()))
     step = tf.function(mm_e_step, jit_compile=True)
