@@ -96,7 +96,7 @@ def main(argv):
       f'H = {FLAGS.num_latents}, {FLAGS.seconds:.0f} s of training each. '
       f'EM default within the same seconds: ELBO {em:.2f} '
       f'(at {results["em_default"]["seconds_at_that_point"]:.0f} s).', '',
-      '| posterior | epochs | encoder ELBO | re-fit ELBO | gap (goal <= 1) '
+      '| posterior | epochs | model ELBO | re-fit ELBO | gap (goal <= 1) '
       '| re-fit - EM (goal >= -3) |', '|---|---|---|---|---|---|']
   for name in rows:
     r = results[name]

@@ -27,6 +27,9 @@ _SCRIPT = textwrap.dedent('''
     from tfp_esc.inference.amortized import fit_amortized
 
     posterior, plant = sys.argv[1], sys.argv[2] == 'plant'
+    # 'refined': diagonal posteriors refined by two MM steps per point.
+    steps = 2 if posterior == 'refined' else 0
+    posterior = 'diagonal' if steps else posterior
     if plant:
         # The bug this guards against: each replica forming F from its own
         # half of the batch (its own lambda*, sigma^2*).
@@ -38,7 +41,7 @@ _SCRIPT = textwrap.dedent('''
         model, history = fit_amortized(
             x, 10, posterior=posterior, rank=2, epochs=3, batch_size=64,
             hidden_units=16, num_blocks=1, verbose=0, seed=1,
-            strategy=strategy)
+            strategy=strategy, posterior_steps=steps)
         return {'dictionary': model.dictionary.numpy().tolist(),
                 'elbo': history['elbo'],
                 'noise_variance': history['noise_variance']}
@@ -58,7 +61,7 @@ def _run(posterior, plant=False):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize('posterior', ['diagonal', 'lowrank'])
+@pytest.mark.parametrize('posterior', ['diagonal', 'lowrank', 'refined'])
 def test_two_replicas_follow_one_device(posterior):
   out = _run(posterior)
   assert out['replicas'] == 2

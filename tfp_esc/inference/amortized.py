@@ -91,13 +91,15 @@ held) for the encoder, and of F_a at the refined posteriors for the
 dictionary: the dictionary then learns from posteriors near the per-point
 optimum, as EM's does.
 What it buys (`benchmarks/amortization_gap.py`, unseen photographs,
-8,192 patches, H = 64, 60 s of training each, one seed): K = 1 leaves an
-amortization gap of 0.20 nats per patch against 1.32 without, but an
-epoch (training plus the full-data evaluation) costs about twice as much,
-so in the same seconds the dictionary is worse: per-point re-fit 68.39
-against 70.11 (EM reaches 71.54). A probe with K = 3 gave a gap of 0.02.
-So refinement is for posteriors near the per-point optimum (uncertainty
-per code), not for a faster dictionary, and the default is K = 0.
+8,192 patches, H = 64, 60 s of training each, seeds 0 / 1 / 2): K = 1
+leaves an amortization gap of 0.20 / 0.17 / 0.23 nats per patch against
+1.32 / 1.29 / 1.21 without. An epoch (training plus the full-data
+evaluation) costs about twice as much, so the dictionary trains half as
+many epochs: its per-point re-fit is 1.72 / 0.02 / 1.00 nats below K = 0's
+(3.15 / 1.86 / 2.64 below EM's, against 1.44 / 1.88 / 1.63). A probe
+with K = 3 gave a gap of 0.02. So refinement is for posteriors near the
+per-point optimum (uncertainty per code), not for a faster dictionary,
+and the default is K = 0.
 
 Early stopping on the ELBO. `fit_amortized(early_stopping_patience=P)`
 stops when the full-data ELBO of the non-annealed epochs has not risen by
