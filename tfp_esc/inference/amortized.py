@@ -369,12 +369,9 @@ class AmortizedSparseCoding(keras.Model):
     x = self._normalise(_checks.as_float_tensor(x, 'x', self.v.dtype,
                                                 rank=2))
     posterior = self._posterior(x)
-    if self.posterior_steps:
-      terms = elbo_lib.entropy_elbo_from_statistics(
-          elbo_lib.elbo_statistics(x, self.dictionary, posterior),
-          self.v.shape[0])
-      posterior = self.refined_posterior(x, posterior, terms.scales,
-                                         terms.noise_variance)
+    held = _held_values(self, x, int(x.shape[0]))
+    if held is not None:
+      posterior = self.refined_posterior(x, posterior, *held)
     return scale_posterior(posterior, self.data_scale)
 
   def refined_posterior(self, x, posterior, scales, noise_variance,
