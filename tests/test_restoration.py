@@ -36,19 +36,39 @@ def test_combining_averages_each_pixel_over_its_windows():
   assert combined[3, 3] == 8.0
 
 
-def test_combined_posterior_is_the_mixture_of_the_windows():
+def _windows_of_pixel_2_2(values):
+  # Pixel (2, 2) of a 6 x 5 image lies in the 3 x 3 patches (r, c) with r
+  # in 0..2, c in 0..2 of the 4 x 3 grid of windows, at offset (2 - r,
+  # 2 - c) inside each.
+  return np.array([values[r * 3 + c, (2 - r) * 3 + (2 - c)]
+                   for r in range(3) for c in range(3)])
+
+
+def test_combined_posterior_is_the_precision_weighted_mixture():
   rng = np.random.default_rng(5)
   means, variances = rng.normal(size=(12, 9)), rng.uniform(0.1, 1, (12, 9))
   mean, variance = restoration.combine_posteriors(means, variances, (6, 5), 3)
-  # Pixel (2, 2) lies in windows (r, c) with r in 0..2, c in 0..2 of the
-  # 4 x 3 grid of windows, at offset (2 - r, 2 - c) inside each.
-  mu = [means[r * 3 + c, (2 - r) * 3 + (2 - c)] for r in range(3)
-        for c in range(3)]
-  v = [variances[r * 3 + c, (2 - r) * 3 + (2 - c)] for r in range(3)
-       for c in range(3)]
-  np.testing.assert_allclose(mean[2, 2], np.mean(mu), rtol=1e-13)
-  np.testing.assert_allclose(variance[2, 2], np.mean(v) + np.var(mu),
+  mu, v = _windows_of_pixel_2_2(means), _windows_of_pixel_2_2(variances)
+  # Mean of the product of the Gaussians N(mu_k, v_k); variance of the
+  # mixture with weights pi_k proportional to 1 / v_k.
+  pi = (1 / v) / np.sum(1 / v)
+  np.testing.assert_allclose(mean[2, 2], np.sum(mu / v) / np.sum(1 / v),
                              rtol=1e-13)
+  np.testing.assert_allclose(
+      variance[2, 2], np.sum(pi * v) + np.sum(pi * (mu - mean[2, 2])**2),
+      rtol=1e-13)
+
+
+def test_equal_variances_combine_to_the_plain_mixture():
+  rng = np.random.default_rng(6)
+  means = rng.normal(size=(12, 9))
+  mean, variance = restoration.combine_posteriors(
+      means, np.full((12, 9), 0.3), (6, 5), 3)
+  mu = _windows_of_pixel_2_2(means)
+  np.testing.assert_allclose(mean[2, 2], np.mean(mu), rtol=1e-13)
+  np.testing.assert_allclose(variance[2, 2], 0.3 + np.var(mu), rtol=1e-13)
+  np.testing.assert_allclose(
+      mean, restoration.combine_patches(means, (6, 5), 3), rtol=1e-13)
 
 
 def test_patch_scale_maximises_the_patch_prior_terms():
