@@ -47,7 +47,7 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    (equal weights, variance / k: about 20% coverage of 95% intervals); the
    mixture covers about 95% (measured). Measured against equal weights
    (benchmarks/restoration.py's images): coffee +0.15 dB denoising and
-   +0.27 dB inpainting, chelsea unchanged, coverage within 0.01.
+   +0.27 dB inpainting, chelsea unchanged, coverage moved by <= 0.013.
 
 Shapes: images `[rows, cols]` float in [0, 1] (values far outside refused);
 masks `[rows, cols]` bool with true = observed (the library's convention;
