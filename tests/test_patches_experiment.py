@@ -147,6 +147,14 @@ def _contents(folder):
      '^posterior_steps refines diagonal posteriors only'),
     ({'method': 'amortized', 'e_step_iterations': None,
       'posterior_steps': -1}, '^posterior_steps must be an integer >= 0'),
+    ({'refine_in_training': False}, "^refine_in_training False is an option "
+                                    "of method 'amortized' with "
+                                    'posterior_steps > 0'),
+    ({'method': 'amortized', 'e_step_iterations': None,
+      'refine_in_training': False}, '^refine_in_training False is an option'),
+    ({'method': 'amortized', 'e_step_iterations': None,
+      'posterior_steps': 1, 'refine_in_training': 0},
+     '^refine_in_training must be True or False, got 0'),
     ({'strategy': 'tpu'}, r"^strategy must be one of \['default', "
                           "'mirrored'\]"),
 ])

@@ -322,6 +322,9 @@ class PatchesConfig:
       majorise-minimise steps that refine the encoder's posteriors in
       training and evaluation (`tfp_esc.inference.amortized`, "Refined
       posteriors"); 0: the encoder's own.
+    refine_in_training: method 'amortized' with posterior_steps > 0: False
+      trains exactly as posterior_steps = 0 and refines only the model's
+      posteriors and their evaluation (`fit_amortized`).
     hidden_units: width of the encoder's layers (amortized).
     num_blocks: residual blocks of the encoder (amortized).
     dtype: 'float32' or 'float64'.
@@ -354,6 +357,7 @@ class PatchesConfig:
   learning_rate: float = _field(1e-3, low=0.0)
   early_stopping_patience: int | None = _field(None, minimum=1)
   posterior_steps: int = _field(0, minimum=0)
+  refine_in_training: bool = True
   hidden_units: int = _field(256, minimum=1)
   num_blocks: int = _field(2, minimum=0)
   dtype: str = _field('float32', choices=DTYPES)
@@ -395,6 +399,12 @@ class PatchesConfig:
         and self.posterior != 'diagonal'):
       raise ConfigError('posterior_steps', 'posterior_steps refines diagonal '
                         f'posteriors only, got posterior {self.posterior!r}.')
+    if not self.refine_in_training and not (self.method == 'amortized'
+                                            and self.posterior_steps):
+      raise ConfigError('refine_in_training', 'refine_in_training False is '
+                        "an option of method 'amortized' with "
+                        'posterior_steps > 0 (it keeps their refinement out '
+                        'of training).')
     if self.method == 'amortized' and (
         self.e_step is not None or self.e_step_iterations is not None):
       name = 'e_step' if self.e_step is not None else 'e_step_iterations'
@@ -586,6 +596,7 @@ def _train_patches_amortized(config, x, workdir, checkpoint, resume):
       on_epoch_end=gini, verbose=0,
       early_stopping_patience=config.early_stopping_patience,
       posterior_steps=config.posterior_steps,
+      refine_in_training=config.refine_in_training,
       strategy=(tf.distribute.MirroredStrategy()
                 if config.strategy == 'mirrored' else None))
   return model.dictionary.numpy(), history, model

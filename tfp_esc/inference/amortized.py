@@ -212,6 +212,18 @@ def _check_posterior_steps(posterior_steps, family, objective):
   return posterior_steps
 
 
+def _check_refine_in_training(refine_in_training, posterior_steps):
+  """Checks `refine_in_training`; False needs posterior_steps > 0."""
+  refine_in_training = _checks.check_flag(refine_in_training,
+                                          'refine_in_training')
+  if not refine_in_training and not posterior_steps:
+    raise ValueError(
+        'refine_in_training=False keeps the refinement of posterior_steps '
+        'out of training, but posterior_steps is 0, so there is none: set '
+        'posterior_steps > 0 or leave refine_in_training=True.')
+  return refine_in_training
+
+
 def _sum_over_replicas(statistics):
   """`ElboStatistics` of the whole batch under a `tf.distribute` strategy.
 
@@ -266,20 +278,30 @@ class AmortizedSparseCoding(keras.Model):
     posterior_steps: K >= 0 majorise-minimise iterations that refine the
       encoder's posteriors (module doc, "Refined posteriors"); K > 0 needs
       the diagonal family and the analytic objective.
+    refine_in_training: with posterior_steps > 0, whether training uses the
+      refined posteriors (the dictionary's gradient is taken at them). False:
+      training is exactly that of posterior_steps = 0, and only the model's
+      posteriors and their evaluation are refined (module doc, "Refined
+      posteriors").
 
   Raises:
     ValueError: an unknown objective, num_samples < 1, a non-positive
-      initial scale or noise variance, or posterior_steps < 0 or > 0 with
-      another family or objective.
+      initial scale or noise variance, posterior_steps < 0 or > 0 with
+      another family or objective, refine_in_training=False with
+      posterior_steps = 0.
+    TypeError: refine_in_training not a bool.
   """
 
   def __init__(self, encoder, num_observed, num_latents, family, seed=0,
                objective='analytic', num_samples=1, sample_seed=None,
                initial_scale=None, initial_noise_variance=None,
-               data_scale=1.0, posterior_steps=0, **kwargs):
+               data_scale=1.0, posterior_steps=0, refine_in_training=True,
+               **kwargs):
     super().__init__(**kwargs)
     self.posterior_steps = _check_posterior_steps(posterior_steps, family,
                                                   objective)
+    self.refine_in_training = _check_refine_in_training(refine_in_training,
+                                                        self.posterior_steps)
     self.data_scale = _checks.check_real(data_scale, 'data_scale', 0.0)
     initial_scale = (1.0 if initial_scale is None
                      else initial_scale / self.data_scale)
@@ -485,17 +507,19 @@ class AmortizedSparseCoding(keras.Model):
       'objective' is `objective`; 'noise_variance' is sigma^2* of the batch; the
       sampled objective adds 'learned_noise_variance').
 
-      With `posterior_steps` > 0 the objective is F_a at the encoder's
-      posteriors with W held (its gradient trains the encoder) plus F_a at
-      the refined posteriors (its gradient trains the dictionary), and the
-      metrics are those of the refined posteriors (module doc).
+      With `posterior_steps` > 0 and `refine_in_training` the objective is
+      F_a at the encoder's posteriors with W held (its gradient trains the
+      encoder) plus F_a at the refined posteriors (its gradient trains the
+      dictionary), and the metrics are those of the refined posteriors
+      (module doc); without `refine_in_training`, that of posterior_steps
+      = 0.
     """
     # Computed on x / s, reported in x's units (a constant shift, so the
     # gradients are those of the normalised objective).
     x = self._normalise(x)
     posterior = self._posterior(x)
     encoder_objective = 0.0
-    if self.posterior_steps:
+    if self.posterior_steps and self.refine_in_training:
       encoder = self._terms(x, posterior, tf.stop_gradient(self.dictionary))
       a = tf.convert_to_tensor(self.coefficients)
       # The objective's lambda: held while a_prior > 1, else lambda*.
@@ -605,15 +629,35 @@ class AnnealingCallback(keras.callbacks.Callback):
             f'AnnealingCallback: epoch {epoch} has a_prior = {c.prior} > 1, '
             'which holds lambda at the training data\'s lambda*; give the '
             'data as x=.')
-      scales = evaluate_amortized(self.model, self.x,
-                                  self.batch_size)['scales']
       self.model.held_scales.assign(
-          np.asarray(scales) / self.model.data_scale)
+          _training_scales(self.model, self.x, self.batch_size))
 
   def on_epoch_end(self, epoch, logs=None):
     if logs is not None:
       c = self.schedule(epoch)
       logs.update(a_q=c.q, a_prior=c.prior, a_lik=c.likelihood)
+
+
+def _training_scales(model, x, batch_size):
+  """`[H]` lambda* of x `[N, D]` (x's units) under the posteriors that
+  training uses, in units of s: the refined ones only where
+  `refine_in_training`, so that a model refined at inference alone trains
+  exactly as one with posterior_steps = 0, annealing included."""
+  # pylint: disable=protected-access
+  x = model._normalise(_checks.as_float_tensor(x, 'x', model.v.dtype,
+                                               rank=2))
+  held = (_held_values(model, x, batch_size) if model.refine_in_training
+          else None)
+  return elbo_lib.entropy_elbo_from_statistics(
+      _summed_statistics(model, x, batch_size, held),
+      x.shape[1]).scales.numpy()
+
+
+def _encoder_values(model, x, batch_size):
+  """lambda* `[H]`, sigma^2* `[]` of normalised x under the encoder."""
+  terms = elbo_lib.entropy_elbo_from_statistics(
+      _summed_statistics(model, x, batch_size, None), x.shape[1])
+  return terms.scales, terms.noise_variance
 
 
 def _held_values(model, x, batch_size):
@@ -625,9 +669,7 @@ def _held_values(model, x, batch_size):
   """
   if not model.posterior_steps:
     return None
-  terms = elbo_lib.entropy_elbo_from_statistics(
-      _summed_statistics(model, x, batch_size, None), x.shape[1])
-  return terms.scales, terms.noise_variance
+  return _encoder_values(model, x, batch_size)
 
 
 def _summed_statistics(model, x, batch_size, held):
@@ -852,7 +894,7 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
                          learning_rate=1e-3, seed=0, hidden_units=256,
                          num_blocks=2, objective='analytic', num_samples=1,
                          jit_compile='auto', family=None,
-                         posterior_steps=0):
+                         posterior_steps=0, refine_in_training=True):
   """A compiled, untrained `AmortizedSparseCoding` for data like x.
 
   Same arguments, same initial weights: the encoder and V depend only on
@@ -873,6 +915,7 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
       (XLA on accelerators, not on CPU-only machines).
     family: deprecated name of `posterior`.
     posterior_steps: K >= 0 (`AmortizedSparseCoding`).
+    refine_in_training: bool (`AmortizedSparseCoding`).
 
   Returns:
     `AmortizedSparseCoding` compiled with Adam.
@@ -885,7 +928,9 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
   x = _check_model_args(x, num_latents, posterior, rank, learning_rate, seed,
                         hidden_units, num_blocks, objective, num_samples,
                         jit_compile)
-  _check_posterior_steps(posterior_steps, posterior, objective)
+  _check_refine_in_training(
+      refine_in_training,
+      _check_posterior_steps(posterior_steps, posterior, objective))
   rms = data_scale(x)
   scale = rms / WORKING_RMS
   num_observed = int(x.shape[1])
@@ -907,6 +952,7 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
                                 seed=seed, objective=objective,
                                 data_scale=scale,
                                 posterior_steps=posterior_steps,
+                                refine_in_training=refine_in_training,
                                 **options)
   # A new optimizer per model: Keras 3 optimizers cannot move to new variables.
   model.compile(optimizer=keras.optimizers.Adam(learning_rate),
@@ -921,7 +967,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
                   tensorboard_dir=None, on_epoch_end=None, verbose=1,
                   objective='analytic', num_samples=1, family=None,
                   strategy=None, early_stopping_patience=None,
-                  early_stopping_min_delta=0.0, posterior_steps=0):
+                  early_stopping_min_delta=0.0, posterior_steps=0,
+                  refine_in_training=True):
   """Trains encoder and dictionary by Adam on F_a (the Keras way).
 
   Args:
@@ -969,6 +1016,10 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
     posterior_steps: K >= 0 MM iterations refining the encoder's
       posteriors, in training and evaluation (`AmortizedSparseCoding`,
       module doc); diagonal family, analytic objective.
+    refine_in_training: with posterior_steps > 0, False keeps the
+      refinement out of training: the weights follow the posterior_steps =
+      0 run exactly, while the model's posteriors and the recorded
+      full-data ELBO (hence early stopping) are the refined ones.
 
   Returns:
     (model, history): the trained `AmortizedSparseCoding` and per-epoch lists
@@ -978,8 +1029,11 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
   Raises:
     ValueError: bad shapes, NaN/inf data, batch_size > N, an unknown
       objective, num_samples < 1, an annealing schedule with the sampled
-      objective, a batch_size not divisible by the strategy's replicas.
-    TypeError: a strategy that is not a `tf.distribute.Strategy`.
+      objective, a batch_size not divisible by the strategy's replicas,
+      bad posterior_steps, refine_in_training=False with posterior_steps
+      = 0.
+    TypeError: a strategy that is not a `tf.distribute.Strategy`, a
+      refine_in_training that is not a bool.
   """
   posterior = _posterior_name(posterior, family)
   x = _check_model_args(x, num_latents, posterior, rank, learning_rate, seed,
@@ -987,6 +1041,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
                         'auto')
   posterior_steps = _check_posterior_steps(posterior_steps, posterior,
                                            objective)
+  refine_in_training = _check_refine_in_training(refine_in_training,
+                                                 posterior_steps)
   data_scale(x)  # refuses data without variation before any work
   schedule = check_schedule(schedule)
   if objective == 'sampled' and not isinstance(schedule, NoAnnealing):
@@ -1023,7 +1079,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
         learning_rate=learning_rate,
         seed=seed, hidden_units=hidden_units, num_blocks=num_blocks,
         objective=objective, num_samples=num_samples,
-        posterior_steps=posterior_steps)
+        posterior_steps=posterior_steps,
+        refine_in_training=refine_in_training)
   history, seconds, initial_epoch = {}, 0.0, 0
   config = {**(checkpoint_config or {})}
   for k, v in dict(
@@ -1037,6 +1094,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
   if posterior_steps:
     # Only where set, so checkpoints of earlier runs still resume.
     config.setdefault('posterior_steps', posterior_steps)
+  if not refine_in_training:
+    config.setdefault('refine_in_training', False)
   if _checkpoint.check_start(checkpoint_path, resume, overwrite):
     with strategy.scope():
       state = _restore_state(checkpoint_path, model, config)
