@@ -39,6 +39,10 @@ flags.DEFINE_integer('posterior_steps', 1,
                      'K of the extra diagonal row whose posteriors are '
                      'refined by K majorise-minimise steps (fit_amortized\'s '
                      'posterior_steps); 0: no such row.')
+flags.DEFINE_list('rows', ['diagonal', 'lowrank', 'refined', 'inference'],
+                  'Rows to run: diagonal, lowrank, and with --posterior_steps '
+                  '> 0 refined (in training) and inference (refined at '
+                  'inference only). EM always runs.')
 flags.DEFINE_integer('seed', 0, 'Seed.')
 flags.DEFINE_string('tag', time.strftime('%Y-%m-%d'), 'Results file tag.')
 
@@ -81,14 +85,19 @@ def _em(x):
 
 def main(argv):
   del argv
+  k = FLAGS.posterior_steps
+  known = {'diagonal': ('diagonal', ('diagonal', 0, True)),
+           'lowrank': ('lowrank', ('lowrank', 0, True)),
+           'refined': (f'diagonal, {k} posterior steps', ('diagonal', k, True)),
+           'inference': (f'diagonal, {k} posterior steps at inference only',
+                         ('diagonal', k, False))}
+  unknown = sorted(set(FLAGS.rows) - set(known))
+  if unknown:
+    raise app.UsageError(f'--rows: unknown {unknown}; known {sorted(known)}.')
+  rows = dict(known[r] for r in FLAGS.rows
+              if k or r not in ('refined', 'inference'))
   x = unseen_patches(FLAGS.num_patches, FLAGS.seed)
   results = {'em_default': _em(x)}
-  rows = {'diagonal': ('diagonal', 0, True), 'lowrank': ('lowrank', 0, True)}
-  k = FLAGS.posterior_steps
-  if k:
-    rows[f'diagonal, {k} posterior steps'] = ('diagonal', k, True)
-    rows[f'diagonal, {k} posterior steps at inference only'] = (
-        'diagonal', k, False)
   for name, (posterior, steps, in_training) in rows.items():
     results[name] = _amortized(x, posterior, steps, in_training)
     print(name, json.dumps(results[name]), flush=True)
@@ -111,7 +120,7 @@ def main(argv):
   with open(stem + '.json', 'w') as f:
     json.dump({'flags': {k: FLAGS[k].value for k in (
         'num_patches', 'num_latents', 'rank', 'seconds', 'seed',
-        'posterior_steps')},
+        'posterior_steps', 'rows')},
                'results': results}, f, indent=1)
   with open(stem + '.md', 'w') as f:
     f.write('\n'.join(lines) + '\n')

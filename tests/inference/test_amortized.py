@@ -449,8 +449,8 @@ def test_refined_training_narrows_the_gap(x):
 
 def test_refinement_at_inference_only_trains_the_plain_weights(x64):
   # refine_in_training=False: every weight (encoder, dictionary, the held
-  # lambda of the annealed phase) is bit for bit that of posterior_steps =
-  # 0; only the model's posteriors, hence its recorded ELBO, are refined.
+  # lambda of the annealed phase) and the recorded history are bit for bit
+  # those of posterior_steps = 0; only the model's posteriors are refined.
   options = dict(epochs=3, seed=2, learning_rate=1e-2,
                  schedule=get_schedule('prior_linear'), **SMALL)
   plain, plain_history = fit_amortized(x64, 10, **options)
@@ -460,14 +460,15 @@ def test_refinement_at_inference_only_trains_the_plain_weights(x64):
     np.testing.assert_array_equal(b, a)
   for a, b in zip(plain.optimizer.variables, refined.optimizer.variables):
     np.testing.assert_array_equal(b.numpy(), a.numpy())
-  # Evaluated with its prior annealed, the refined ELBO is >= the plain
-  # one at every epoch (refinement never lowers F), and above it at the end.
-  elbo, plain_elbo = np.asarray(history['elbo']), np.asarray(
-      plain_history['elbo'])
-  assert np.all(elbo >= plain_elbo - 1e-10), (elbo, plain_elbo)
-  assert elbo[-1] > plain_elbo[-1] + 0.1, (elbo, plain_elbo)
-  np.testing.assert_allclose(
-      evaluate_amortized(refined, x64)['elbo'], elbo[-1], rtol=1e-12)
+  for k in ('elbo', 'q_entropy', 'noise_variance', 'scales'):
+    np.testing.assert_array_equal(history[k], plain_history[k])
+  # The model's posteriors are refined: F never lower, here higher.
+  before = evaluate_amortized(plain, x64)['elbo']
+  after = evaluate_amortized(refined, x64)['elbo']
+  assert after > before + 0.1, (before, after)
+  q0 = amortized_posterior(plain, x64)
+  q1 = amortized_posterior(refined, x64)
+  assert np.max(np.abs(q1.loc.numpy() - q0.loc.numpy())) > 1e-3
 
 
 def test_refinement_at_inference_only_narrows_the_gap(x):

@@ -280,9 +280,9 @@ class AmortizedSparseCoding(keras.Model):
       the diagonal family and the analytic objective.
     refine_in_training: with posterior_steps > 0, whether training uses the
       refined posteriors (the dictionary's gradient is taken at them). False:
-      training is exactly that of posterior_steps = 0, and only the model's
-      posteriors and their evaluation are refined (module doc, "Refined
-      posteriors").
+      training (and `fit_amortized`'s per-epoch history) is exactly that of
+      posterior_steps = 0, and only the model's posteriors and their
+      evaluation are refined (module doc, "Refined posteriors").
 
   Raises:
     ValueError: an unknown objective, num_samples < 1, a non-positive
@@ -718,10 +718,16 @@ def evaluate_amortized(model, x, batch_size=512):
     dict: 'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy',
     'noise_variance' (floats), 'scales' (list).
   """
+  return _evaluate(model, x, batch_size, refined=True)
+
+
+def _evaluate(model, x, batch_size, refined):
+  """`evaluate_amortized`, of the refined posteriors only where `refined`
+  (and the model has posterior_steps > 0), else of the encoder's."""
   x = _checks.as_float_tensor(x, 'x', model.v.dtype, rank=2)
   x = model._normalise(x)  # pylint: disable=protected-access
-  total = _summed_statistics(model, x, batch_size,
-                             _held_values(model, x, batch_size))
+  held = _held_values(model, x, batch_size) if refined else None
+  total = _summed_statistics(model, x, batch_size, held)
   terms = elbo_lib.entropy_elbo_from_statistics(total, x.shape[1])
   values = {k: float(getattr(terms, k)) for k in (
       'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')}
@@ -735,8 +741,10 @@ class CheckpointCallback(keras.callbacks.Callback):
 
   The state (model weights, optimizer variables, epoch, history) goes to one
   `tf.train.Checkpoint` in the directory `path`, replaced atomically.
-  `history` holds one record per epoch: the full-data terms of `evaluate_amortized`, the coefficients, cumulative
-  seconds and whatever `on_epoch_end(model, epoch)` returns.
+  `history` holds one record per epoch: the full-data terms of the
+  posteriors that training uses (`evaluate_amortized`, of the encoder's
+  posteriors where the model refines at inference only), the coefficients,
+  cumulative seconds and whatever `on_epoch_end(model, epoch)` returns.
   """
 
   def __init__(self, x, path=None, history=None, on_epoch_end=None,
@@ -754,7 +762,8 @@ class CheckpointCallback(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     self.seconds += time.perf_counter() - self._start
     c = self.model.coefficients.numpy()
-    record = dict(evaluate_amortized(self.model, self.x, self.batch_size),
+    record = dict(_evaluate(self.model, self.x, self.batch_size,
+                            refined=self.model.refine_in_training),
                   epoch=epoch, a_q=float(c[0]), a_prior=float(c[1]),
                   a_lik=float(c[2]), seconds=self.seconds)
     if self.extra is not None:
@@ -1017,9 +1026,11 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
       posteriors, in training and evaluation (`AmortizedSparseCoding`,
       module doc); diagonal family, analytic objective.
     refine_in_training: with posterior_steps > 0, False keeps the
-      refinement out of training: the weights follow the posterior_steps =
-      0 run exactly, while the model's posteriors and the recorded
-      full-data ELBO (hence early stopping) are the refined ones.
+      refinement out of training: the weights, the recorded history (the
+      full-data ELBO of the encoder's posteriors, hence early stopping)
+      and the cost of an epoch are those of the posterior_steps = 0 run;
+      only the returned model's posteriors (`posterior`,
+      `amortized_posterior`, `evaluate_amortized`) are refined.
 
   Returns:
     (model, history): the trained `AmortizedSparseCoding` and per-epoch lists
