@@ -88,9 +88,15 @@ def _lbfgs_optimum(x, w, coefficients, context, iterations=3000):
   start = tf.concat([tf.zeros([num_points * num_latents], tf.float64),
                      tf.fill([num_points * num_latents],
                              tf.constant(np.log(0.3), tf.float64))], 0)
-  result = tfp.optimizer.lbfgs_minimize(loss, start, max_iterations=iterations,
-                                        tolerance=1e-14)
-  return -float(result.objective_value) / num_points
+  return -float(_minimum(loss, start, iterations)) / num_points
+
+
+def _minimum(loss, start, iterations):
+  """min of loss (a (value, gradient) function) by L-BFGS from start, as
+  one graph (the optimizer's loop run eagerly took most of a minute)."""
+  return tf.function(lambda: tfp.optimizer.lbfgs_minimize(
+      loss, start, max_iterations=iterations,
+      tolerance=1e-14).objective_value)()
 
 
 @pytest.mark.parametrize('inner_iterations', [1, 2])
@@ -105,9 +111,9 @@ def test_reaches_the_optimum_of_a_long_lbfgs_run(coefficients, with_context,
              else empty_context(5, tf.float64))
   loc = np.zeros((16, 5))
   scale = np.full((16, 5), 0.3)
-  loc, scale = mm_e_step(x, w, loc, scale, coefficients, iterations=300,
-                         floor=FLOOR, context=context,
-                         inner_iterations=inner_iterations)
+  loc, scale = tf.function(mm_e_step)(
+      x, w, loc, scale, coefficients, iterations=300, floor=FLOOR,
+      context=context, inner_iterations=inner_iterations)
   ours = _objective(x, w, loc.numpy(), scale.numpy(), coefficients, context)
   optimum = _lbfgs_optimum(x, w, coefficients, context)
   # Never worse than L-BFGS's optimum, and not better than it by more than
@@ -122,10 +128,11 @@ def test_fixed_scales_keep_annealing_bounded():
   x, w, loc, scale = _problem(5, 32, 10, 6)
   coefficients = (1.0, 10.0, 1.0)
   fixed = np.mean(np.abs(x @ w), 0)
-  _, bounded = mm_e_step(x, w, loc, scale, coefficients, iterations=200,
-                         floor=FLOOR, scales=fixed)
-  _, coupled = mm_e_step(x, w, loc, scale, coefficients, iterations=200,
-                         floor=FLOOR)
+  step = tf.function(mm_e_step)
+  _, bounded = step(x, w, loc, scale, coefficients, iterations=200,
+                    floor=FLOOR, scales=fixed)
+  _, coupled = step(x, w, loc, scale, coefficients, iterations=200,
+                    floor=FLOOR)
   assert np.min(bounded.numpy()) > 20 * FLOOR
   assert np.min(coupled.numpy()) < 2 * FLOOR
 
@@ -160,9 +167,10 @@ def test_fixed_scales_and_noise_maximise_the_classical_elbo():
   x, w, _, _ = _problem(11, 16, 10, 5)
   scales = np.array([0.5, 1.0, 0.3, 0.8, 1.2])
   noise_variance = 0.02
-  loc, scale = mm_e_step(x, w, np.zeros((16, 5)), np.full((16, 5), 0.3),
-                         np.ones(3), iterations=300, floor=FLOOR,
-                         scales=scales, noise_variance=noise_variance)
+  loc, scale = tf.function(mm_e_step)(
+      x, w, np.zeros((16, 5)), np.full((16, 5), 0.3), np.ones(3),
+      iterations=300, floor=FLOOR, scales=scales,
+      noise_variance=noise_variance)
   ours = float(elbo_lib.classical_elbo(x, w, DiagonalGaussian(loc, scale),
                                        scales, noise_variance))
 
@@ -174,12 +182,11 @@ def test_fixed_scales_and_noise_maximise_the_classical_elbo():
       value = -elbo_lib.classical_elbo(x, w, q, scales, noise_variance)
     return value, tape.gradient(value, flat)
 
-  result = tfp.optimizer.lbfgs_minimize(
+  minimum = _minimum(
       loss, tf.concat([tf.zeros([80], tf.float64),
                        tf.fill([80], tf.constant(np.log(0.3), tf.float64))],
-                      0), max_iterations=3000, tolerance=1e-14)
-  np.testing.assert_allclose(ours, -float(result.objective_value), rtol=0,
-                             atol=1e-8)
+                      0), 3000)
+  np.testing.assert_allclose(ours, -float(minimum), rtol=0, atol=1e-8)
 
 
 # --- Observation masks ------------------------------------------------------
@@ -326,8 +333,9 @@ def test_rescaling_speeds_up_the_coupled_e_step():
   coefficients, context = (1.0, 1.0, 1.0), empty_context(10, tf.float64)
 
   def value(iterations, rescale):
-    out = mm_e_step(x, w, loc, scale, coefficients, iterations=iterations,
-                    floor=FLOOR, rescale=rescale)
+    out = tf.function(mm_e_step)(x, w, loc, scale, coefficients,
+                                 iterations=iterations, floor=FLOOR,
+                                 rescale=rescale)
     return _objective(x, w, *(t.numpy() for t in out), coefficients, context)
 
   optimum = value(500, True)

@@ -154,12 +154,16 @@ def _lbfgs(x, w, coefficients, loc, scale):
          'scale': tf.reshape(flat[size:], loc.shape)}, floor=FLOOR)
     return -entropy_elbo(x, w, q, *coefficients).objective * x.shape[0]
 
-  result = tfp.optimizer.lbfgs_minimize(
-      lambda p: tfp.math.value_and_gradient(loss, p),
-      tf.concat([tf.reshape(params['loc'], [-1]),
-                 tf.reshape(params['scale'], [-1])], 0),
-      max_iterations=2000, tolerance=1e-12)
-  return -float(result.objective_value) / x.shape[0]
+  # One graph (an eager run of the optimizer's loop took a minute).
+  @tf.function
+  def minimum(start):
+    return tfp.optimizer.lbfgs_minimize(
+        lambda p: tfp.math.value_and_gradient(loss, p), start,
+        max_iterations=2000, tolerance=1e-12).objective_value
+
+  return -float(minimum(tf.concat([tf.reshape(params['loc'], [-1]),
+                                   tf.reshape(params['scale'], [-1])],
+                                  0))) / x.shape[0]
 
 
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
