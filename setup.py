@@ -34,8 +34,9 @@ setuptools.setup(
         'scikit-learn>=1.6',
     ],
     extras_require={
-        # nbclient, nbformat and ipykernel execute the colab/ notebooks.
-        'test': ['pytest>=8', 'hypothesis>=6.100',
+        # nbclient, nbformat and ipykernel execute the colab/ notebooks;
+        # pytest-xdist runs the suite on every core (README's test command).
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'pytest-xdist>=3.5',
                  'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'],
         # MAP / l1 dictionaries (tfp_esc.evaluation.map_baseline); scikit-learn
         # is now in the core install, the extra stays for old commands.
