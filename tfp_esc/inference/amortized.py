@@ -654,10 +654,20 @@ class AnnealingCallback(keras.callbacks.Callback):
 
 
 def _training_scales(model, x, batch_size):
-  """`[H]` lambda* of x `[N, D]` (x's units) under the posteriors that
-  training uses, in units of s: the refined ones only where
-  `refine_in_training`, so that a model refined at inference alone trains
-  exactly as one with posterior_steps = 0, annealing included."""
+  """lambda* of the data under the posteriors that training uses.
+
+  The refined posteriors only where `refine_in_training`, so that a model
+  refined at inference alone trains exactly as one with posterior_steps =
+  0, annealing included.
+
+  Args:
+    model: an `AmortizedSparseCoding`.
+    x: `[N, D]` float data in its own units.
+    batch_size: points per evaluation batch.
+
+  Returns:
+    `[H]` NumPy lambda* in the model's units (those of x / s), of x's dtype.
+  """
   # pylint: disable=protected-access
   x = model._normalise(_checks.as_float_tensor(x, 'x', model.v.dtype,
                                                rank=2))
