@@ -11,8 +11,9 @@ encoder's F with F after a converged per-point re-fit of the posteriors for
 the same dictionary. With --posterior_steps=K > 0 two more rows refine the
 diagonal family's posteriors by K majorise-minimise steps: one in training
 and evaluation, one at inference only (`refine_in_training=False`: trained
-exactly as K = 0, its posteriors and their ELBO refined). The EM default (`fit_em`) runs on the same patches and
-its ELBO at the last epoch or round within the same seconds is the
+exactly as K = 0, its posteriors and their ELBO refined). The EM default
+(`fit_em`) runs on the same patches and its ELBO at the last epoch or round
+within the same seconds is the
 reference for the re-fit ELBO (issue 11, goal 1: gap <= 1 nat per patch;
 re-fit within 3 nats of EM).
 

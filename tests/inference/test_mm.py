@@ -91,6 +91,12 @@ def _lbfgs_optimum(x, w, coefficients, context, iterations=3000):
   return -float(_minimum(loss, start, iterations)) / num_points
 
 
+# mm_e_step as one graph per argument signature, shared by the tests that
+# run it for hundreds of iterations (its tf.while_loop runs op by op when
+# called eagerly).
+_compiled_mm_e_step = tf.function(mm_e_step)
+
+
 def _minimum(loss, start, iterations):
   """min of loss (a (value, gradient) function) by L-BFGS from start, as
   one graph (the optimizer's loop run eagerly took most of a minute)."""
@@ -111,7 +117,7 @@ def test_reaches_the_optimum_of_a_long_lbfgs_run(coefficients, with_context,
              else empty_context(5, tf.float64))
   loc = np.zeros((16, 5))
   scale = np.full((16, 5), 0.3)
-  loc, scale = tf.function(mm_e_step)(
+  loc, scale = _compiled_mm_e_step(
       x, w, loc, scale, coefficients, iterations=300, floor=FLOOR,
       context=context, inner_iterations=inner_iterations)
   ours = _objective(x, w, loc.numpy(), scale.numpy(), coefficients, context)
@@ -128,11 +134,10 @@ def test_fixed_scales_keep_annealing_bounded():
   x, w, loc, scale = _problem(5, 32, 10, 6)
   coefficients = (1.0, 10.0, 1.0)
   fixed = np.mean(np.abs(x @ w), 0)
-  step = tf.function(mm_e_step)
-  _, bounded = step(x, w, loc, scale, coefficients, iterations=200,
-                    floor=FLOOR, scales=fixed)
-  _, coupled = step(x, w, loc, scale, coefficients, iterations=200,
-                    floor=FLOOR)
+  _, bounded = _compiled_mm_e_step(x, w, loc, scale, coefficients,
+                                   iterations=200, floor=FLOOR, scales=fixed)
+  _, coupled = _compiled_mm_e_step(x, w, loc, scale, coefficients,
+                                   iterations=200, floor=FLOOR)
   assert np.min(bounded.numpy()) > 20 * FLOOR
   assert np.min(coupled.numpy()) < 2 * FLOOR
 
@@ -167,7 +172,7 @@ def test_fixed_scales_and_noise_maximise_the_classical_elbo():
   x, w, _, _ = _problem(11, 16, 10, 5)
   scales = np.array([0.5, 1.0, 0.3, 0.8, 1.2])
   noise_variance = 0.02
-  loc, scale = tf.function(mm_e_step)(
+  loc, scale = _compiled_mm_e_step(
       x, w, np.zeros((16, 5)), np.full((16, 5), 0.3), np.ones(3),
       iterations=300, floor=FLOOR, scales=scales,
       noise_variance=noise_variance)
@@ -333,9 +338,9 @@ def test_rescaling_speeds_up_the_coupled_e_step():
   coefficients, context = (1.0, 1.0, 1.0), empty_context(10, tf.float64)
 
   def value(iterations, rescale):
-    out = tf.function(mm_e_step)(x, w, loc, scale, coefficients,
-                                 iterations=iterations, floor=FLOOR,
-                                 rescale=rescale)
+    out = _compiled_mm_e_step(x, w, loc, scale, coefficients,
+                              iterations=iterations, floor=FLOOR,
+                              rescale=rescale)
     return _objective(x, w, *(t.numpy() for t in out), coefficients, context)
 
   optimum = value(500, True)

@@ -668,21 +668,8 @@ def _training_scales(model, x, batch_size):
   Returns:
     `[H]` NumPy lambda* in the model's units (those of x / s), of x's dtype.
   """
-  # pylint: disable=protected-access
-  x = model._normalise(_checks.as_float_tensor(x, 'x', model.v.dtype,
-                                               rank=2))
-  held = (_held_values(model, x, batch_size) if model.refine_in_training
-          else None)
-  return elbo_lib.entropy_elbo_from_statistics(
-      _summed_statistics(model, x, batch_size, held),
-      x.shape[1]).scales.numpy()
-
-
-def _encoder_values(model, x, batch_size):
-  """lambda* `[H]`, sigma^2* `[]` of normalised x under the encoder."""
-  terms = elbo_lib.entropy_elbo_from_statistics(
-      _summed_statistics(model, x, batch_size, None), x.shape[1])
-  return terms.scales, terms.noise_variance
+  return _normalised_terms(model, x, batch_size,
+                           model.refine_in_training).scales.numpy()
 
 
 def _held_values(model, x, batch_size):
@@ -694,7 +681,9 @@ def _held_values(model, x, batch_size):
   """
   if not model.posterior_steps:
     return None
-  return _encoder_values(model, x, batch_size)
+  terms = elbo_lib.entropy_elbo_from_statistics(
+      _summed_statistics(model, x, batch_size, None), x.shape[1])
+  return terms.scales, terms.noise_variance
 
 
 def _summed_statistics(model, x, batch_size, held):
@@ -733,6 +722,17 @@ def amortized_posterior(model, x, batch_size=512):
   return scale_posterior(posterior, model.data_scale)
 
 
+def _normalised_terms(model, x, batch_size, refined):
+  """`EntropyElbo` of x `[N, D]` (x's units) in the model's units (x / s),
+  from summed batch statistics: of the refined posteriors where `refined`
+  (and posterior_steps > 0), else of the encoder's."""
+  x = model._normalise(  # pylint: disable=protected-access
+      _checks.as_float_tensor(x, 'x', model.v.dtype, rank=2))
+  held = _held_values(model, x, batch_size) if refined else None
+  return elbo_lib.entropy_elbo_from_statistics(
+      _summed_statistics(model, x, batch_size, held), x.shape[1])
+
+
 def evaluate_amortized(model, x, batch_size=512):
   """Full-data, non-annealed F of x `[N, D]` from summed batch statistics.
 
@@ -749,11 +749,7 @@ def evaluate_amortized(model, x, batch_size=512):
 def _evaluate(model, x, batch_size, refined):
   """`evaluate_amortized`, of the refined posteriors only where `refined`
   (and the model has posterior_steps > 0), else of the encoder's."""
-  x = _checks.as_float_tensor(x, 'x', model.v.dtype, rank=2)
-  x = model._normalise(x)  # pylint: disable=protected-access
-  held = _held_values(model, x, batch_size) if refined else None
-  total = _summed_statistics(model, x, batch_size, held)
-  terms = elbo_lib.entropy_elbo_from_statistics(total, x.shape[1])
+  terms = _normalised_terms(model, x, batch_size, refined)
   values = {k: float(getattr(terms, k)) for k in (
       'elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')}
   values['noise_variance'] = float(terms.noise_variance)
