@@ -8,7 +8,9 @@ import tensorflow as tf
 from tfp_esc.data.bars import make_bars
 from tfp_esc.inference.amortized import (
   DICTIONARY_INIT_NORM,
+  _training_batches,
   amortized_posterior,
+  batch_order,
   elbo_has_stalled,
   evaluate_amortized,
   fit_amortized,
@@ -102,6 +104,21 @@ def test_full_data_evaluation_independent_of_batch_size(x):
   for batch_size in (256, 100, 64):
     values = evaluate_amortized(model, x, batch_size)
     np.testing.assert_allclose(values['elbo'], float(whole.elbo), rtol=1e-5)
+
+
+def test_training_batches_are_batch_order_drawn_epoch_by_epoch(x):
+  # The pipeline must feed exactly batch_order's batches, in order, from
+  # any first epoch (resume), without materialising every epoch up front.
+  x64 = tf.constant(x.astype(np.float64))
+  batches = list(_training_batches(x64, 48, 7, 2, 5).as_numpy_iterator())
+  order = batch_order(256, 48, 7, 2, 5).reshape(-1, 48)
+  assert len(batches) == len(order) == 3 * (256 // 48)
+  for batch, indices in zip(batches, order):
+    np.testing.assert_array_equal(batch, x64.numpy()[indices])
+  # A huge epoch count costs nothing until the pipeline gets there.
+  first = next(iter(_training_batches(x64, 48, 7, 0, 10**9)))
+  np.testing.assert_array_equal(first,
+                                x64.numpy()[batch_order(256, 48, 7, 0, 1)[0, 0]])
 
 
 @pytest.mark.parametrize('objective', ['analytic', 'sampled'])

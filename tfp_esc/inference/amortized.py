@@ -920,6 +920,39 @@ def batch_order(num_points, batch_size, seed, first_epoch, last_epoch):
       for e in epochs]).astype(np.int64)
 
 
+def _training_batches(x, batch_size, seed, first_epoch, last_epoch):
+  """`tf.data.Dataset` of the batches of epochs [first_epoch, last_epoch).
+
+  The batches of `batch_order`, each epoch's indices drawn only when the
+  pipeline reaches that epoch: a run asked for many epochs (a time budget
+  or early stopping with a large `epochs`) holds one epoch's order, not
+  all of them.
+
+  Args:
+    x: `[N, D]` float tensor.
+    batch_size: B.
+    seed, first_epoch, last_epoch: as `batch_order`.
+
+  Returns:
+    Dataset of `[B, D]` batches of x, N // B per epoch.
+  """
+  num_points, batch_size = int(x.shape[0]), int(batch_size)
+  steps = num_points // batch_size
+
+  def epoch_order(epoch):
+    return batch_order(num_points, batch_size, seed, int(epoch),
+                       int(epoch) + 1)[0]
+
+  def order(epoch):
+    indices = tf.numpy_function(epoch_order, [epoch], tf.int64,
+                                stateful=False)
+    return tf.ensure_shape(indices, [steps, batch_size])
+
+  return (tf.data.Dataset.range(first_epoch, max(first_epoch, last_epoch))
+          .map(order).unbatch().map(lambda i: tf.gather(x, i))
+          .prefetch(1))
+
+
 def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
                          learning_rate=1e-3, seed=0, hidden_units=256,
                          num_blocks=2, objective='analytic', num_samples=1,
@@ -1142,9 +1175,7 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
     logging.info('Resumed from %s at epoch %d.', checkpoint_path,
                  initial_epoch)
   steps = num_points // int(batch_size)
-  order = batch_order(num_points, batch_size, seed, initial_epoch, epochs)
-  dataset = tf.data.Dataset.from_tensor_slices(
-      order.reshape(-1, batch_size)).map(lambda i: tf.gather(x, i))
+  dataset = _training_batches(x, batch_size, seed, initial_epoch, epochs)
   callbacks = [
       AnnealingCallback(NoAnnealing() if schedule is None else schedule, x,
                         batch_size),
