@@ -31,6 +31,11 @@ Design choices:
   `noise_variance` fixed, `transform_max_iter` iterations from nu = 0,
   s = sigma), compiled once per process; the other families use `fit_joint` with
   everything but the posteriors frozen, as `evaluate_heldout` does.
+- So the estimator has no amortized inference, and no `posterior_steps` or
+  `refine_in_training` (`fit_amortized`'s options to refine the encoder's
+  posteriors): with method='amortized' the encoder only trains W, and new
+  data get per-point optima, the limit those refinements approach. Use
+  `fit_amortized` for an encoder's posteriors.
 - `score_samples(X)` is L_n, a lower bound of log p(x_n | W, lambda,
   sigma^2) in nats; `score(X)` is its mean: the held-out ELBO per sample
   (what `evaluate_heldout(X, W, lambda, sigma^2)['elbo']` computes). It is
@@ -321,7 +326,7 @@ class SparseCoding(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 'noise_variance': [result.noise_variance]}
     else:
       model, record = fit_amortized(
-          x, num_latents, family=self.posterior, rank=self.rank,
+          x, num_latents, posterior=self.posterior, rank=self.rank,
           schedule=schedule, epochs=self.max_iter, batch_size=batch_size,
           seed=seed, verbose=0)
       dictionary = model.dictionary.numpy()
