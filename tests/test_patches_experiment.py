@@ -193,6 +193,24 @@ def test_amortized_run_writes_outputs_and_resumes(images, tmp_path):
                              whole['history']['elbo'], rtol=1e-5)
 
 
+def test_refined_at_inference_only_reports_the_models_posteriors(
+    images, tmp_path):
+  # The history is of the encoder's posteriors (training's); the headline
+  # values are of the refined ones, the model's, as the gap reports them.
+  config = _config(images, method='amortized', epochs=2, refine_rounds=0,
+                   e_step_iterations=None, posterior_steps=2,
+                   refine_in_training=False)
+  run = experiment.train_patches(config, str(tmp_path / 'run'))
+  gap = run['amortization_gap']
+  assert run['elbo'] == pytest.approx(gap['encoder_elbo'], rel=1e-6)
+  assert run['training_elbo'] == run['history']['elbo'][-1]
+  assert run['elbo'] > run['training_elbo']
+  assert run['elbo'] == pytest.approx(
+      run['entropies']['q_entropy'] - run['entropies']['prior_entropy']
+      - run['entropies']['likelihood_entropy'], rel=1e-6)
+  assert run['noise_variance'] != run['history']['noise_variance'][-1]
+
+
 def test_em_run_under_mirrored_strategy_records_the_data_parallel_e_step(
     images, tmp_path):
   # --strategy=mirrored on the incremental engine: the classical,
