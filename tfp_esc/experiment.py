@@ -28,7 +28,7 @@ from tfp_esc.data.patches import whitened_patches
 from tfp_esc.evaluation import metrics, plots
 from tfp_esc.evaluation.evaluate import amortization_gap
 from tfp_esc.inference import _checkpoint
-from tfp_esc.inference.amortized import evaluate_amortized, fit_amortized
+from tfp_esc.inference.amortized import fit_amortized
 from tfp_esc.inference.em import E_STEPS, ENGINES, fit_em
 from tfp_esc.inference.joint import INIT_SCALE, fit_joint
 from tfp_esc.objective.annealing import SCHEDULE_NAMES, get_schedule
@@ -533,7 +533,9 @@ def train_patches(config, workdir, resume=False, overwrite=False):
     dictionary, history, model = _train_patches_amortized(
         config, x, workdir, checkpoint, resume)
     # What the encoder costs against per-point posteriors (issue 11).
-    extra['amortization_gap'] = amortization_gap(model, x)
+    gap = amortization_gap(model, x)
+    model_values = gap.pop('model')
+    extra['amortization_gap'] = gap
     logging.info('Amortization gap: %.3f nats per patch (encoder %.3f, '
                  're-fit %.3f).', extra['amortization_gap']['gap'],
                  extra['amortization_gap']['encoder_elbo'],
@@ -543,7 +545,7 @@ def train_patches(config, workdir, resume=False, overwrite=False):
     # The history holds the encoder's posteriors (those training uses); the
     # model's posteriors are the refined ones, so the headline is theirs.
     extra['training_elbo'] = final['elbo']
-    final.update(evaluate_amortized(model, x))
+    final.update(model_values)
   summary = {
       'elbo': final['elbo'],
       'noise_variance': final['noise_variance'],

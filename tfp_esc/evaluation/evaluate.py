@@ -207,7 +207,9 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512):
 
   Returns:
     dict: 'encoder_elbo', 'refit_elbo' and 'gap' (nats per data point,
-    refit - encoder), 'refit_noise_variance'.
+    refit - encoder), 'refit_noise_variance', and 'model': the whole
+    `evaluate_amortized` dict of the model's posteriors, so a caller that
+    reports it need not evaluate them again.
 
   Raises:
     TypeError, ValueError: bad arguments (named), before any work.
@@ -243,4 +245,5 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512):
     refit_elbo = float(terms.elbo)
     refit_noise_variance = float(terms.noise_variance)
   return {'encoder_elbo': encoder['elbo'], 'refit_elbo': refit_elbo,
-          'gap': refit_elbo - encoder['elbo'], 'refit_noise_variance': refit_noise_variance}
+          'gap': refit_elbo - encoder['elbo'],
+          'refit_noise_variance': refit_noise_variance, 'model': encoder}

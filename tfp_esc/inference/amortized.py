@@ -963,7 +963,7 @@ def _training_batches(x, batch_size, seed, first_epoch, last_epoch):
                                 stateful=False)
     return tf.ensure_shape(indices, [steps, batch_size])
 
-  return (tf.data.Dataset.range(first_epoch, max(first_epoch, last_epoch))
+  return (tf.data.Dataset.range(first_epoch, last_epoch)
           .map(order).unbatch().map(lambda i: tf.gather(x, i))
           .prefetch(1))
 
