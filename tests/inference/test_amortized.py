@@ -11,12 +11,12 @@ from tfp_esc.inference.amortized import (
   _training_batches,
   amortized_posterior,
   batch_order,
-  elbo_has_stalled,
   evaluate_amortized,
   fit_amortized,
   make_amortized_model,
 )
 from tfp_esc.evaluation.evaluate import amortization_gap
+from tfp_esc.inference._training import elbo_has_stalled
 from tfp_esc.inference.elbo_comparison import dictionary_gradient_variance
 from tfp_esc.model.sparse_coding import normalize_columns
 from tfp_esc.objective.annealing import get_schedule
@@ -193,6 +193,12 @@ def test_elbo_has_stalled_on_hand_made_histories():
               'a_q': [1.0] * 4, 'a_lik': [1.0] * 4}
   assert not elbo_has_stalled(annealed, 1)
   assert elbo_has_stalled(dict(annealed, a_prior=[1.0] * 4), 1)
+  # Incremental EM's refinement rounds come after the epochs and do not
+  # count: the epochs [1, 5, 4] have stalled for 1, whatever refinement
+  # reached.
+  refined = {'elbo': [1.0, 5.0, 4.0, 6.0], 'phase': ['em'] * 3 + ['refine']}
+  assert elbo_has_stalled(refined, 1)
+  assert not elbo_has_stalled(dict(refined, phase=['em'] * 4), 1)
 
 
 def test_early_stopping_stops_and_a_resume_stops_at_the_same_epoch(

@@ -24,16 +24,20 @@ raw inputs; neither is equivariant without normalising the data.)
 
 import math
 
+import keras
 import numpy as np
+from absl import logging
 
 from tfp_esc import _checks
-from tfp_esc.objective.annealing import (SCHEDULE_NAMES, NoAnnealing,
+from tfp_esc.objective.annealing import (SCHEDULE_NAMES,
+                                         AnnealingCoefficients, NoAnnealing,
                                          get_schedule)
 from tfp_esc.posterior.gaussian import (DiagonalGaussian, FullGaussian,
                                         LowRankGaussian)
 
-__all__ = ['TERMS', 'as_data', 'batches', 'check_schedule', 'data_scale',
-           'elbo_record', 'scale_posterior', 'to_data_units']
+__all__ = ['TERMS', 'ElboEarlyStopping', 'as_data', 'batches',
+           'check_schedule', 'data_scale', 'elbo_has_stalled', 'elbo_record',
+           'epoch_under_way', 'scale_posterior', 'tensorboard_callbacks', 'to_data_units']
 
 TERMS = ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')
 
@@ -249,3 +253,81 @@ def check_schedule(schedule, name='schedule'):
     return schedule
   raise TypeError(f'{name} must be an AnnealingSchedule, None or one of '
                   f'{list(SCHEDULE_NAMES)}, got {type(schedule).__name__}.')
+
+
+def elbo_has_stalled(history, patience, min_delta=0.0):
+  """Whether the ELBO has not risen by more than `min_delta` for `patience`
+  epochs (module doc, "Early stopping on the ELBO").
+
+  Only non-annealed training epochs count: a_q = a_prior = a_lik = 1 where
+  the history records the coefficients (an annealed phase moves the ELBO
+  for the schedule's sake), and not the records of incremental EM's
+  refinement rounds (phase 'refine', which come after the epochs).
+
+  Args:
+    history: dict of per-epoch lists with at least 'elbo' (as returned by
+      `fit_amortized` and `fit_em`).
+    patience: P >= 1 epochs.
+    min_delta: float >= 0, the smallest rise that counts as progress.
+
+  Returns:
+    bool: True when more than P non-annealed epochs are recorded and the
+    best of the last P exceeds the best before them by at most min_delta.
+  """
+  elbo = history.get('elbo', [])
+  coefficients = zip(*(history.get(k, [1.0] * len(elbo))
+                       for k in ('a_q', 'a_prior', 'a_lik')))
+  phases = history.get('phase', ['em'] * len(elbo))
+  elbo = np.asarray([value for value, c, phase in zip(elbo, coefficients,
+                                                       phases)
+                     if phase != 'refine'
+                     and not AnnealingCoefficients(*c).is_annealed],
+                    np.float64)
+  if elbo.size <= patience:
+    return False
+  return bool(elbo[-patience:].max() <= elbo[:-patience].max() + min_delta)
+
+
+class ElboEarlyStopping(keras.callbacks.Callback):
+  """Stops training once `elbo_has_stalled(history, patience, min_delta)`.
+
+  Args:
+    history: the dict of per-epoch lists that the trainer fills (this
+      callback must come after the callback that records the epoch, so it
+      sees the epoch's record).
+    patience, min_delta: as in `elbo_has_stalled`.
+  """
+
+  def __init__(self, history, patience, min_delta=0.0):
+    super().__init__()
+    self.history, self.patience, self.min_delta = history, patience, min_delta
+
+  def on_epoch_end(self, epoch, logs=None):
+    if elbo_has_stalled(self.history, self.patience, self.min_delta):
+      logging.info('epoch %d: the ELBO has not risen by more than %g for %d '
+                   'epochs; stopping.', epoch, self.min_delta, self.patience)
+      self.model.stop_training = True
+
+
+def tensorboard_callbacks(log_dir):
+  """[keras.callbacks.TensorBoard(log_dir)], or [] without a log_dir or
+  where TensorBoard is not installed (then with a warning: it is the
+  optional extra "tfp_esc[tensorboard]")."""
+  if not log_dir:
+    return []
+  try:
+    import tensorboard  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+  except ImportError:
+    logging.warning('TensorBoard is not installed (pip install '
+                    '"tfp_esc[tensorboard]"); no logs in %s.', log_dir)
+    return []
+  return [keras.callbacks.TensorBoard(log_dir)]
+
+
+def epoch_under_way(state):
+  """An EM trainer's epoch state, or a clear error where no epoch was begun
+  (its `visit` or `end_epoch` without `begin_epoch`)."""
+  if state is None:
+    raise RuntimeError('visit or end_epoch without begin_epoch: begin an '
+                       'epoch first (run_epoch does all three).')
+  return state

@@ -159,8 +159,10 @@ from absl import logging
 from tfp_esc import _checks
 from tfp_esc.inference import _checkpoint
 from tfp_esc.inference.mm import mm_e_step
-from tfp_esc.inference._training import (batches, check_schedule,
-                                         data_scale, scale_posterior,
+from tfp_esc.inference._training import (ElboEarlyStopping, batches,
+                                         check_schedule, data_scale,
+                                         elbo_has_stalled, scale_posterior,
+                                         tensorboard_callbacks,
                                          to_data_units)
 from tfp_esc.model.sparse_coding import SparseCodingModel, normalize_columns
 from tfp_esc.objective import elbo as elbo_lib
@@ -173,9 +175,7 @@ from tfp_esc.posterior.gaussian import (DEFAULT_SCALE_FLOOR, FAMILIES,
 
 __all__ = ['DICTIONARY_INIT_NORM', 'OBJECTIVES', 'REFINE_FLOOR', 'WORKING_RMS',
            'AmortizedSparseCoding', 'AnnealingCallback', 'CheckpointCallback',
-           'ElboEarlyStopping', 'amortized_posterior', 'batch_order',
-           'elbo_has_stalled',
-           'evaluate_amortized', 'fit_amortized', 'make_amortized_model']
+           'amortized_posterior', 'batch_order', 'evaluate_amortized', 'fit_amortized', 'make_amortized_model']
 
 OBJECTIVES = ('analytic', 'sampled')
 
@@ -816,55 +816,6 @@ class CheckpointCallback(keras.callbacks.Callback):
                  self.config)
 
 
-def elbo_has_stalled(history, patience, min_delta=0.0):
-  """Whether the ELBO has not risen by more than `min_delta` for `patience`
-  epochs (module doc, "Early stopping on the ELBO").
-
-  Only non-annealed epochs count (a_q = a_prior = a_lik = 1 where the
-  history records the coefficients): an annealed phase moves the ELBO for
-  the schedule's sake.
-
-  Args:
-    history: dict of per-epoch lists with at least 'elbo' (as returned by
-      `fit_amortized`).
-    patience: P >= 1 epochs.
-    min_delta: float >= 0, the smallest rise that counts as progress.
-
-  Returns:
-    bool: True when more than P non-annealed epochs are recorded and the
-    best of the last P exceeds the best before them by at most min_delta.
-  """
-  elbo = history.get('elbo', [])
-  coefficients = zip(*(history.get(k, [1.0] * len(elbo))
-                       for k in ('a_q', 'a_prior', 'a_lik')))
-  elbo = np.asarray([value for value, c in zip(elbo, coefficients)
-                     if not AnnealingCoefficients(*c).is_annealed],
-                    np.float64)
-  if elbo.size <= patience:
-    return False
-  return bool(elbo[-patience:].max() <= elbo[:-patience].max() + min_delta)
-
-
-class ElboEarlyStopping(keras.callbacks.Callback):
-  """Stops training once `elbo_has_stalled(history, patience, min_delta)`.
-
-  Args:
-    history: the dict `CheckpointCallback` fills (this callback must come
-      after it in the list, so it sees the epoch's record).
-    patience, min_delta: as in `elbo_has_stalled`.
-  """
-
-  def __init__(self, history, patience, min_delta=0.0):
-    super().__init__()
-    self.history, self.patience, self.min_delta = history, patience, min_delta
-
-  def on_epoch_end(self, epoch, logs=None):
-    if elbo_has_stalled(self.history, self.patience, self.min_delta):
-      logging.info('epoch %d: the ELBO has not risen by more than %g for %d '
-                   'epochs; stopping.', epoch, self.min_delta, self.patience)
-      self.model.stop_training = True
-
-
 def save_state(path, model, epoch, history, seconds, config=None):
   """Writes model, optimizer and progress to the checkpoint `path`.
 
@@ -1202,14 +1153,7 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
                                        early_stopping_min_delta))
     stalled = elbo_has_stalled(history, early_stopping_patience,
                                early_stopping_min_delta)
-  if tensorboard_dir:
-    try:
-      import tensorboard  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-      callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir))
-    except ImportError:
-      logging.warning('TensorBoard is not installed (pip install '
-                      '"tfp_esc[tensorboard]"); no logs in %s.',
-                      tensorboard_dir)
+  callbacks += tensorboard_callbacks(tensorboard_dir)
   if epochs > initial_epoch and not stalled:
     model.fit(dataset, epochs=int(epochs), initial_epoch=initial_epoch,
               steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
