@@ -135,8 +135,6 @@ def _contents(folder):
     ({'strategy': 'mirrored', 'engine': 'paper', 'refine_rounds': 0},
      "^strategy 'mirrored' is an option of method 'amortized' and of the "
      'incremental EM engine'),
-    ({'early_stopping_patience': 3}, '^early_stopping_patience is an '
-                                     "option of method 'amortized'"),
     ({'method': 'amortized', 'e_step_iterations': None,
       'early_stopping_patience': 0},
      '^early_stopping_patience must be an integer >= 1'),

@@ -312,7 +312,7 @@ class SparseCoding(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
       result = fit_em(x, num_latents, engine=self.method,
                       epochs=self.max_iter, refine_rounds=self.refine_rounds,
                       schedule=schedule, batch_size=batch_size, seed=seed,
-                      jit_compile=self.jit_compile, **options)
+                      jit_compile=self.jit_compile, verbose=0, **options)
       dictionary, record = result.dictionary, result.history
       if self.method == 'incremental':   # posteriors in x's units
         train_posterior = (result.params['loc'], result.params['scale'])

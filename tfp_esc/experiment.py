@@ -314,10 +314,10 @@ class PatchesConfig:
       (incremental 16 per revisit; paper 10 Newton or 100 L-BFGS).
     m_step_size: engine 'paper': gradient step on the dictionary.
     learning_rate: Adam learning rate (amortized).
-    early_stopping_patience: method 'amortized': stop before `epochs` once
-      the full-data ELBO has not risen for this many non-annealed epochs
-      (`tfp_esc.inference.amortized.elbo_has_stalled`); None: run every
-      epoch.
+    early_stopping_patience: stop before `epochs` once the full-data ELBO
+      has not risen for this many non-annealed epochs
+      (`tfp_esc.inference._training.elbo_has_stalled`; EM's refinement
+      rounds still run after); None: run every epoch.
     posterior_steps: method 'amortized', diagonal posteriors: K
       majorise-minimise steps that refine the encoder's posteriors in
       training and evaluation (`tfp_esc.inference.amortized`, "Refined
@@ -387,10 +387,6 @@ class PatchesConfig:
                         "option of method 'amortized' and of the "
                         "incremental EM engine; engine 'paper' runs on one "
                         'device.')
-    if self.method == 'em' and self.early_stopping_patience is not None:
-      raise ConfigError('early_stopping_patience', 'early_stopping_patience '
-                        "is an option of method 'amortized'; EM stops by "
-                        'epochs and refine_rounds.')
     if self.method == 'em' and self.posterior_steps:
       raise ConfigError('posterior_steps', 'posterior_steps is an option of '
                         "method 'amortized'; EM fits every point's posterior "
@@ -445,7 +441,14 @@ def _gini_subset(config, num_points):
   return np.sort(rng.choice(num_points, size, replace=False))
 
 
-def _train_patches_em(config, x, checkpoint, resume):
+def _tensorboard_dir(workdir):
+  """workdir/tensorboard where TensorBoard is installed, else None (no
+  warning for an optional extra)."""
+  return (os.path.join(workdir, 'tensorboard')
+          if importlib.util.find_spec('tensorboard') else None)
+
+
+def _train_patches_em(config, x, workdir, checkpoint, resume):
   subset = _gini_subset(config, len(x))
 
   def gini(trainer, record):
@@ -470,7 +473,9 @@ def _train_patches_em(config, x, checkpoint, resume):
   result = fit_em(
       x, config.num_latents, engine=config.engine, epochs=config.epochs,
       checkpoint_path=checkpoint, resume=resume, overwrite=not resume,
-      checkpoint_config=config.run_record(), on_epoch_end=gini,
+      checkpoint_config=config.run_record(), on_epoch_end=gini, verbose=0,
+      tensorboard_dir=_tensorboard_dir(workdir),
+      early_stopping_patience=config.early_stopping_patience,
       posterior=config.posterior,
       schedule=get_schedule(config.annealing), batch_size=config.batch_size,
       seed=config.seed, **options)
@@ -528,7 +533,8 @@ def train_patches(config, workdir, resume=False, overwrite=False):
                config.method, config.posterior, config.annealing, workdir)
   extra = {}
   if config.method == 'em':
-    dictionary, history = _train_patches_em(config, x, checkpoint, resume)
+    dictionary, history = _train_patches_em(config, x, workdir, checkpoint,
+                                            resume)
   else:
     dictionary, history, model = _train_patches_amortized(
         config, x, workdir, checkpoint, resume)
@@ -600,9 +606,7 @@ def _train_patches_amortized(config, x, workdir, checkpoint, resume):
       num_blocks=config.num_blocks, checkpoint_path=checkpoint,
       resume=resume, overwrite=not resume,
       checkpoint_config=config.run_record(),
-      # TensorBoard logs when it is installed; no warning when it is not.
-      tensorboard_dir=(os.path.join(workdir, 'tensorboard')
-                       if importlib.util.find_spec('tensorboard') else None),
+      tensorboard_dir=_tensorboard_dir(workdir),
       on_epoch_end=gini, verbose=0,
       early_stopping_patience=config.early_stopping_patience,
       posterior_steps=config.posterior_steps,

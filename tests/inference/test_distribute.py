@@ -114,14 +114,21 @@ _EM_SCRIPT = textwrap.dedent('''
 
     def run(strategy):
         result = fit_em(x, 10, epochs=3, refine_rounds=0, batch_size=64,
-                        seed=0, strategy=strategy)
+                        seed=0, strategy=strategy, verbose=0)
         return {'dictionary': result.dictionary.tolist(),
                 'elbo': result.history['elbo']}
 
+    # Inside a scope, Keras' fit would run the step once per replica.
+    try:
+        with mirrored.scope():
+            fit_em(x, 10, epochs=1, strategy=mirrored, verbose=0)
+        in_scope = None
+    except ValueError as e:
+        in_scope = str(e)
     print(json.dumps({
         'replicas': mirrored.num_replicas_in_sync,
         'one': run(tf.distribute.OneDeviceStrategy('/cpu:0')),
-        'two': run(mirrored)}))
+        'two': run(mirrored), 'in_scope': in_scope}))
 ''')
 
 
@@ -145,6 +152,10 @@ def test_incremental_em_on_two_replicas_follows_one_device():
                              rtol=1e-7)
   np.testing.assert_allclose(out['two']['dictionary'],
                              out['one']['dictionary'], rtol=0, atol=1e-5)
+  # fit_em runs Keras' fit, which inside a strategy's scope would run the
+  # step once per replica: refused, with what to do instead.
+  assert out['in_scope'].startswith('fit_em was called inside a '
+                                    'tf.distribute strategy scope')
 
 
 def test_incremental_em_replicas_out_of_order_differ():

@@ -124,3 +124,135 @@ def test_fresh_starts_stay_fresh_after_training(trained):
   q = DiagonalGaussian.from_unconstrained(start)
   np.testing.assert_allclose(q.scale.numpy(), 1.0, rtol=1e-6)
   assert np.any(trained.params['loc'][:5] != 0)  # the stored ones moved
+
+
+# -- keras.Model.fit drives the epochs ----------------------------------------
+
+INCREMENTAL = {'batch_size': 64, 'seed': 1, 'jit_compile': False,
+               'refine_iterations': 5}
+
+
+def _recorder():
+  import keras  # pylint: disable=import-outside-toplevel
+
+  class Recorder(keras.callbacks.Callback):
+    """Keeps every epoch's logs; stops after `stop_after` epochs."""
+
+    def __init__(self, stop_after=None):
+      super().__init__()
+      self.logs, self.stop_after = [], stop_after
+
+    def on_epoch_end(self, epoch, logs=None):
+      self.logs.append((epoch, dict(logs)))
+      if self.stop_after is not None and len(self.logs) >= self.stop_after:
+        self.model.stop_training = True
+
+  return Recorder
+
+
+@pytest.mark.parametrize('engine', ['incremental', 'paper'])
+def test_fit_through_keras_equals_the_trainers_own_loop(engine):
+  # fit_em runs the epochs by keras.Model.fit; run_epoch makes the same
+  # calls in a plain loop. Same batches, same steps: bit for bit (float64).
+  x = make_bars(256, seed=2).x
+  options = INCREMENTAL if engine == 'incremental' else OPTIONS
+  trainer = (incremental_trainer(x, options) if engine == 'incremental'
+             else EMTrainer(x, 10, **options))
+  for _ in range(3):
+    trainer.run_epoch()
+  result = fit_em(x, 10, engine=engine, epochs=3, verbose=0,
+                  **({'refine_rounds': 0} if engine == 'incremental' else {}),
+                  **options)
+  np.testing.assert_array_equal(result.dictionary, trainer.dictionary)
+  assert result.history['elbo'] == trainer.history['elbo']
+  assert len(result.history['elbo']) == 3
+
+
+def incremental_trainer(x, options):
+  from tfp_esc.inference.incremental_em import IncrementalEMTrainer  # pylint: disable=import-outside-toplevel
+  return IncrementalEMTrainer(x, 10, **options)
+
+
+def test_callbacks_see_each_epochs_record_and_can_stop_the_epochs():
+  x = make_bars(256, seed=2).x
+  recorder = _recorder()(stop_after=2)
+
+  def gini(trainer, record):
+    return {'extra': 2.0 * record['elbo']}
+
+  result = fit_em(x, 10, epochs=5, refine_rounds=1, verbose=0,
+                  on_epoch_end=gini, callbacks=[recorder], **INCREMENTAL)
+  history = result.history
+  # Two EM epochs (the callback stopped them), then the refinement round.
+  assert history['phase'] == ['em', 'em', 'refine']
+  assert [epoch for epoch, _ in recorder.logs] == [0, 1]
+  for epoch, logs in recorder.logs:
+    assert logs['elbo'] == history['elbo'][epoch]
+    assert logs['noise_variance'] == history['noise_variance'][epoch]
+    assert logs['extra'] == 2.0 * history['elbo'][epoch]
+    assert 'points' not in logs  # the last batch's progress, replaced
+
+
+def test_early_stopping_ends_the_epochs_and_a_resume_stops_there_too(
+    tmp_path):
+  x = make_bars(256, seed=2).x
+  # min_delta far above any change: after the first epoch none counts as
+  # a rise, so patience 2 stops after epoch 3 of 8.
+  options = dict(INCREMENTAL, epochs=8, refine_rounds=1, verbose=0,
+                 early_stopping_patience=2, early_stopping_min_delta=1e9)
+  whole = fit_em(x, 10, **options)
+  assert whole.history['phase'] == ['em'] * 3 + ['refine']
+  path = str(tmp_path / 'em')
+  fit_em(x, 10, **dict(options, epochs=2, refine_rounds=0),
+         checkpoint_path=path)  # interrupted
+  resumed = fit_em(x, 10, **options, checkpoint_path=path, resume=True)
+  assert resumed.history['elbo'] == whole.history['elbo']
+  np.testing.assert_array_equal(resumed.dictionary, whole.dictionary)
+  # Resuming the finished run trains no further (its epochs ended early,
+  # then it refined: not an error).
+  again = fit_em(x, 10, **options, checkpoint_path=path, resume=True)
+  assert again.history['elbo'] == whole.history['elbo']
+  # Without early stopping the same checkpoint cannot add epochs.
+  with pytest.raises(ValueError, match='cannot add epochs'):
+    fit_em(x, 10, **dict(options, early_stopping_patience=None),
+           checkpoint_path=path, resume=True)
+
+
+def test_tensorboard_logs_the_epochs(tmp_path):
+  pytest.importorskip('tensorboard')
+  x = make_bars(256, seed=2).x
+  fit_em(x, 10, epochs=2, refine_rounds=0, verbose=0,
+         tensorboard_dir=str(tmp_path / 'tb'), **INCREMENTAL)
+  events = list((tmp_path / 'tb').rglob('events.out.tfevents.*'))
+  assert events
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  logged = event_accumulator.EventAccumulator(str(events[0].parent))
+  logged.Reload()
+  assert 'epoch_elbo' in logged.Tags()['tensors'] + logged.Tags()['scalars']
+
+
+@pytest.mark.parametrize('kwargs,match,error', [
+    ({'callbacks': 3}, 'callbacks must be a list', TypeError),
+    ({'callbacks': [3]}, r'callbacks\[0\] must be a keras.callbacks.Callback',
+     TypeError),
+    ({'verbose': 3}, 'verbose must be an integer in', ValueError),
+    ({'early_stopping_patience': 0}, 'early_stopping_patience must be',
+     ValueError),
+    ({'early_stopping_min_delta': -1.0}, 'early_stopping_min_delta must be',
+     ValueError),
+])
+def test_bad_keras_arguments_fail_before_any_work(kwargs, match, error):
+  x = make_bars(64, seed=2).x
+  with pytest.raises(error, match=match):
+    fit_em(x, 10, epochs=1, **kwargs, **INCREMENTAL)
+
+
+@pytest.mark.parametrize('engine', ['incremental', 'paper'])
+def test_visit_without_begin_epoch_is_a_clear_error(engine):
+  x = make_bars(64, seed=2).x
+  trainer = (incremental_trainer(x, INCREMENTAL) if engine == 'incremental'
+             else EMTrainer(x, 10, **OPTIONS))
+  with pytest.raises(RuntimeError, match='without begin_epoch'):
+    trainer.visit(np.arange(8))
+  with pytest.raises(RuntimeError, match='without begin_epoch'):
+    trainer.end_epoch()

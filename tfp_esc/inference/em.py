@@ -27,6 +27,17 @@ from summed statistics (so lambda* and sigma^2* are full-data values).
 
 Batches are drawn from a permutation that depends only on (seed, epoch), so a
 run resumed from a checkpoint continues exactly as an uninterrupted one.
+
+Keras. `fit_em` runs either engine's epochs by `keras.Model.fit` (`fit_epochs`)
+on a `tf.data` pipeline of each epoch's batch indices: the model's
+`train_step` is the trainer's `visit` (one E-step and M-step), and a first
+callback begins and ends the trainer's epochs, so Keras' progress bar,
+TensorBoard, early stopping and any user callback see each epoch's full-data
+record. Both trainers keep their state in NumPy and compile their own steps,
+so the step runs eagerly and Keras only drives the loop; `run_epoch` makes
+the same calls in a plain loop, and the two give the same result bit for bit
+(tests). The refinement rounds (L-BFGS on the profile ELBO) come after the
+epochs, outside `fit`.
 """
 
 import dataclasses
@@ -34,6 +45,7 @@ import functools
 import inspect
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -41,10 +53,12 @@ from absl import logging
 
 from tfp_esc import _checks
 from tfp_esc.inference import _checkpoint
-from tfp_esc.inference._training import (TERMS, as_data, batches,
-                                         check_schedule, data_scale,
-                                         elbo_record, scale_posterior,
-                                         to_data_units)
+from tfp_esc.inference._training import (TERMS, ElboEarlyStopping, as_data,
+                                         batches, check_schedule, data_scale,
+                                         elbo_has_stalled, elbo_record,
+                                         epoch_under_way,
+                                         scale_posterior,
+                                         tensorboard_callbacks, to_data_units)
 from tfp_esc.inference.incremental_em import IncrementalEMTrainer
 from tfp_esc.inference.newton import newton_e_step
 from tfp_esc.model.sparse_coding import normalize_columns
@@ -54,7 +68,7 @@ from tfp_esc.posterior.gaussian import (DEFAULT_SCALE_FLOOR, FAMILIES,
                                         get_family)
 
 __all__ = ['DEFAULT_REFINE_ROUNDS', 'ENGINES', 'EMResult', 'EMTrainer',
-           'fit_em']
+           'fit_em', 'fit_epochs']
 
 ENGINES = ('incremental', 'paper')
 # Refinement rounds of the incremental engine after its epochs.
@@ -71,6 +85,15 @@ _DEFAULT_ITERATIONS = {'newton': 10, 'lbfgs': 100}
 # Iterations of the evaluation re-fit (Newton for diagonal posteriors, else
 # L-BFGS), keyed by "is diagonal".
 _EVAL_ITERATIONS = {True: 12, False: 100}
+
+
+@dataclasses.dataclass
+class _EpochState:
+  """What `EMTrainer` carries from `begin_epoch` to `end_epoch`."""
+  coefficients: object
+  start: float
+  v: tf.Tensor
+  objectives: list
 
 
 @dataclasses.dataclass
@@ -214,6 +237,7 @@ class EMTrainer:
         k: v[:1].copy() if np.all(v == v[:1]) else v.copy()
         for k, v in self.params.items()}
     self.epoch = 0
+    self._current = None       # the epoch under way (`begin_epoch`)
     self.history = {k: [] for k in (
         'epoch', 'noise_variance', 'scales', 'a_q', 'a_prior', 'a_lik', 'seconds',
         'batch_objective') + TERMS}
@@ -346,39 +370,67 @@ class EMTrainer:
         else v[indices])
             for k, v in self._init_params.items()}
 
-  def run_epoch(self):
-    """Runs one epoch of EM steps, then evaluates; returns the epoch's record."""
+  def epoch_batches(self, epoch):
+    """`[B]` index arrays of the training steps of `epoch` (the last,
+    smaller batch dropped); a function of (seed, epoch) only."""
+    return self._batches(epoch, drop_remainder=True)
+
+  def begin_epoch(self):
+    """Starts epoch `self.epoch`: its coefficients and clock.
+
+    `run_epoch` is `begin_epoch`, `visit` for each of
+    `epoch_batches(self.epoch)`, then `end_epoch`; `fit_em` runs the same
+    calls from `keras.Model.fit`.
+    """
     c = self.schedule(self.epoch)
-    coefficients = tf.constant((c.q, c.prior, c.likelihood), self.dtype)
-    step_size = tf.constant(self.m_step_size, self.dtype)
-    start = time.perf_counter()
-    v = tf.constant(self.v)
-    objectives = []
-    batches = self._batches(self.epoch, drop_remainder=True)
-    for b, indices in enumerate(batches):
-      v, params, objective, iterations = self._em_step(
-          v, self._gather(indices, not self.warm_start),
-          tf.constant(self.x[indices]), coefficients, step_size)
-      if not np.isfinite(float(objective)):
-        raise FloatingPointError(
-            f'EM epoch {self.epoch}, batch {b}: the annealed objective is '
-            f'{float(objective)}; dictionary finite: '
-            f'{bool(np.all(np.isfinite(v.numpy())))}.')
-      for k in self._names:
-        self.params[k][indices] = params[k].numpy()
-      objectives.append(float(objective))
-      if b % 50 == 0:
-        logging.info('epoch %d batch %d/%d: annealed objective %.4f '
-                     '(%d L-BFGS iterations)', self.epoch, b + 1, len(batches),
-                     float(objective), int(iterations))
-    self.v = v.numpy()
-    self._seconds += time.perf_counter() - start
+    self._current = _EpochState(
+        coefficients=c, start=time.perf_counter(), v=tf.constant(self.v),
+        objectives=[])
+
+  def visit(self, indices):
+    """One EM step on the batch `indices` `[B]`.
+
+    Returns:
+      dict: 'batch_objective', the batch's annealed objective (x's units).
+    """
+    state = epoch_under_way(self._current)
+    c = state.coefficients
+    v, params, objective, iterations = self._em_step(
+        state.v, self._gather(indices, not self.warm_start),
+        tf.constant(self.x[indices]),
+        tf.constant((c.q, c.prior, c.likelihood), self.dtype),
+        tf.constant(self.m_step_size, self.dtype))
+    b = len(state.objectives)
+    if not np.isfinite(float(objective)):
+      raise FloatingPointError(
+          f'EM epoch {self.epoch}, batch {b}: the annealed objective is '
+          f'{float(objective)}; dictionary finite: '
+          f'{bool(np.all(np.isfinite(v.numpy())))}.')
+    for k in self._names:
+      self.params[k][indices] = params[k].numpy()
+    state.v = v
+    state.objectives.append(float(objective))
+    if b % 50 == 0:
+      logging.info('epoch %d batch %d: annealed objective %.4f '
+                   '(%d L-BFGS iterations)', self.epoch, b + 1,
+                   float(objective), int(iterations))
+    return {'batch_objective': self._to_data_units(dict(
+        batch_objective=float(objective), a_q=c.q, a_prior=c.prior,
+        a_lik=c.likelihood))['batch_objective']}
+
+  def end_epoch(self):
+    """Evaluates the epoch's dictionary; returns the epoch's record."""
+    state, self._current = epoch_under_way(self._current), None
+    c = state.coefficients
+    self.v = state.v.numpy()
+    self._seconds += time.perf_counter() - state.start
     terms = self.evaluate()
     record = dict(terms, epoch=self.epoch, a_q=c.q, a_prior=c.prior,
                   a_lik=c.likelihood, seconds=self._seconds,
                   batch_objective=self._to_data_units(dict(
-                      batch_objective=float(np.mean(objectives)), a_q=c.q,
-                      a_prior=c.prior, a_lik=c.likelihood))['batch_objective'])
+                      batch_objective=float(np.mean(state.objectives)),
+                      a_q=c.q, a_prior=c.prior,
+                      a_lik=c.likelihood))['batch_objective'])
     for k, value in record.items():
       self.history.setdefault(k, []).append(value)
     logging.info('epoch %d: ELBO %.4f (H[q] %.3f, H[prior] %.3f, H[lik] %.3f),'
@@ -388,6 +440,13 @@ class EMTrainer:
                  self._seconds)
     self.epoch += 1
     return record
+
+  def run_epoch(self):
+    """Runs one epoch of EM steps, then evaluates; returns the epoch's record."""
+    self.begin_epoch()
+    for indices in self.epoch_batches(self.epoch):
+      self.visit(indices)
+    return self.end_epoch()
 
   def e_step(self, indices, coefficients=(1.0, 1.0, 1.0), fresh=None):
     """Fits the variational parameters of the points `indices` (not stored).
@@ -490,6 +549,8 @@ class EMTrainer:
 def fit_em(x, num_latents, *, engine='incremental', epochs=10,
            refine_rounds=None, checkpoint_path=None, resume=False,
            overwrite=False, checkpoint_config=None, on_epoch_end=None,
+           callbacks=None, verbose=1, tensorboard_dir=None,
+           early_stopping_patience=None, early_stopping_min_delta=0.0,
            **options):
   """Trains by EM; the default engine is incremental EM with refinement.
 
@@ -529,6 +590,24 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
       each epoch's (and round's) evaluation, before the checkpoint; the
       metrics it returns are appended to the history under their keys (e.g.
       a Gini index).
+    callbacks: optional list of `keras.callbacks.Callback`, called by the
+      `keras.Model.fit` that runs the EM epochs (module doc, "Keras"). Their
+      epoch logs hold the epoch's record (its numbers: 'elbo', the
+      entropies, 'noise_variance', the coefficients, 'seconds', and what
+      `on_epoch_end` returned), after the checkpoint is written; a callback
+      that sets `model.stop_training` ends the epochs (the refinement
+      rounds still run). Their own state (e.g. Keras' `EarlyStopping`
+      counter) is not in the checkpoint; `early_stopping_patience` is.
+    verbose: Keras' progress bar over each epoch's batches: 0 none, 1 a
+      bar, 2 a line per epoch.
+    tensorboard_dir: optional TensorBoard log folder (the epoch logs; needs
+      the extra "tfp_esc[tensorboard]", else a warning and no logs).
+    early_stopping_patience: optional P >= 1: end the epochs early once the
+      full-data ELBO has not risen by more than `early_stopping_min_delta`
+      (>= 0) for P non-annealed epochs (`elbo_has_stalled`, which reads the
+      checkpointed history: a resumed run stops where an uninterrupted one
+      does). The refinement rounds still run. Default None: all epochs.
+    early_stopping_min_delta: see `early_stopping_patience`.
     **options: keyword arguments of the engine's trainer.
 
   Returns:
@@ -539,7 +618,8 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
       see `tfp_esc._checks`).
     ValueError: an unknown engine, epochs or refine_rounds out of range, a
       non-diagonal posterior for 'incremental', options the engine does not
-      take, and the trainer's own errors; all before any compilation.
+      take, a call inside a `tf.distribute` strategy's scope, and the
+      trainer's own errors; all before any compilation.
   """
   _checks.check_choice(engine, 'engine', ENGINES)
   epochs = _checks.check_count(epochs, 'epochs')
@@ -547,6 +627,18 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
   if on_epoch_end is not None and not callable(on_epoch_end):
     raise TypeError(f'on_epoch_end must be callable or None, got '
                     f'{type(on_epoch_end).__name__}.')
+  callbacks = _check_callbacks(callbacks)
+  _checks.check_count(verbose, 'verbose', 0, 2)
+  if tf.distribute.has_strategy():
+    # Keras would run the step once per replica of that strategy.
+    raise ValueError(
+        'fit_em was called inside a tf.distribute strategy scope; call it '
+        'outside, and pass the strategy as strategy= (engine '
+        "'incremental'): the trainer distributes its own E-steps.")
+  if early_stopping_patience is not None:
+    _checks.check_count(early_stopping_patience, 'early_stopping_patience')
+  _checks.check_real(early_stopping_min_delta, 'early_stopping_min_delta',
+                     low=0.0, low_open=False)
   if engine == 'incremental':
     posterior = _checks.check_choice(options.pop('posterior', 'diagonal'),
                                      'posterior', FAMILIES)
@@ -571,9 +663,13 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
     refine_rounds = 0
     trainer = EMTrainer(x, num_latents, **options)
   config = _run_config(x, num_latents, engine, options, checkpoint_config)
+  stalled = False
   if _checkpoint.check_start(checkpoint_path, resume, overwrite):
     trainer.restore(checkpoint_path, config)
-    _check_extent(checkpoint_path, trainer, int(epochs), int(refine_rounds))
+    stalled = (early_stopping_patience is not None and elbo_has_stalled(
+        trainer.history, early_stopping_patience, early_stopping_min_delta))
+    _check_extent(checkpoint_path, trainer, int(epochs), int(refine_rounds),
+                  stalled)
     logging.info('Resumed from %s at epoch %d.', checkpoint_path,
                  trainer.epoch)
 
@@ -581,11 +677,19 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
     extra = on_epoch_end(trainer, record) if on_epoch_end else None
     for k, v in (extra or {}).items():
       trainer.history.setdefault(k, []).append(v)
+      record[k] = v
     if checkpoint_path:
       trainer.save(checkpoint_path, config)
+    return record
 
-  while trainer.epoch < int(epochs):
-    finish(trainer.run_epoch())
+  if trainer.epoch < int(epochs) and not stalled:
+    extra = []
+    if early_stopping_patience is not None:
+      extra.append(ElboEarlyStopping(trainer.history, early_stopping_patience,
+                                     early_stopping_min_delta))
+    extra += tensorboard_callbacks(tensorboard_dir)
+    fit_epochs(trainer, int(epochs), [_EpochCallback(trainer, finish)]
+               + extra + callbacks, verbose)
   while (getattr(trainer, 'refine_round', 0) < int(refine_rounds)
          and not getattr(trainer, 'refine_converged', False)):
     finish(trainer.run_refinement_round())
@@ -612,8 +716,10 @@ def _run_config(x, num_latents, engine, options, extra):
              if k not in (extra or {})}}
 
 
-def _check_extent(path, trainer, epochs, refine_rounds):
-  """Refuses a checkpoint that has trained further than this run asks."""
+def _check_extent(path, trainer, epochs, refine_rounds, stalled=False):
+  """Refuses a checkpoint that has trained further than this run asks (or
+  moved on to refinement before `epochs`, unless early stopping ended its
+  epochs: `stalled`)."""
   done_rounds = getattr(trainer, 'refine_round', 0)
   if trainer.epoch > epochs or done_rounds > refine_rounds:
     raise _checkpoint.CheckpointError(
@@ -622,8 +728,107 @@ def _check_extent(path, trainer, epochs, refine_rounds):
         f'(epochs={epochs}, refine_rounds={refine_rounds}); ask for at '
         'least as many, or start afresh with overwrite=True (scripts: '
         '--overwrite).')
-  if done_rounds and trainer.epoch < epochs:
+  if done_rounds and trainer.epoch < epochs and not stalled:
     raise _checkpoint.CheckpointError(
         f'checkpoint {path!r} has moved on to refinement after '
         f'{trainer.epoch} epochs; it cannot add epochs (epochs={epochs}). '
         'Start afresh with overwrite=True (scripts: --overwrite).')
+
+
+# -- Keras ---------------------------------------------------------------------
+
+
+class _EpochDriver(keras.Model):
+  """A `keras.Model` whose `train_step` is an EM trainer's `visit`.
+
+  It holds no weights: the trainer keeps its state (NumPy arrays) and
+  compiles its own steps, so `fit` runs the step eagerly (`run_eagerly`)
+  and the model only hands Keras' loop, callbacks and progress bar each
+  batch's indices.
+  """
+
+  def __init__(self, trainer):
+    super().__init__()
+    self.trainer = trainer
+    self.built = True
+
+  def train_step(self, data):
+    return self.trainer.visit(data.numpy())
+
+
+class _EpochCallback(keras.callbacks.Callback):
+  """Begins and ends the trainer's epochs around Keras' (it must come first
+  in the list): at an epoch's end, `finish(trainer.end_epoch())` (history,
+  checkpoint), and the record's numbers go into the epoch's logs, which
+  the later callbacks see."""
+
+  def __init__(self, trainer, finish):
+    super().__init__()
+    self.trainer, self.finish = trainer, finish
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch != self.trainer.epoch:
+      raise RuntimeError(f'keras epoch {epoch} is not the trainer\'s '
+                         f'epoch {self.trainer.epoch}.')
+    self.trainer.begin_epoch()
+
+  def on_epoch_end(self, epoch, logs=None):
+    record = self.finish(self.trainer.end_epoch())
+    if logs is not None:
+      logs.clear()
+      logs.update({k: float(v) for k, v in record.items()
+                   if k != 'epoch' and isinstance(v, (int, float, np.number))
+                   and not isinstance(v, bool)})
+
+
+def fit_epochs(trainer, epochs, callbacks, verbose=0):
+  """Runs an EM trainer's epochs up to `epochs` by `keras.Model.fit`.
+
+  The data are a `tf.data` pipeline of each epoch's batch indices
+  (`trainer.epoch_batches(epoch)`, a function of (seed, epoch)), from the
+  trainer's current epoch on, so a restored trainer continues as an
+  uninterrupted one.
+
+  Args:
+    trainer: `IncrementalEMTrainer` or `EMTrainer` (anything with `epoch`,
+      `epoch_batches`, `begin_epoch`, `visit`, `end_epoch`).
+    epochs: the epoch to stop at (exclusive), > trainer.epoch.
+    callbacks: Keras callbacks; the first must begin and end the trainer's
+      epochs (`fit_em` puts its `_EpochCallback` there).
+    verbose: Keras' progress bar (0, 1, 2).
+
+  Returns:
+    The `keras.callbacks.History` of the fit.
+  """
+  first = trainer.epoch
+
+  def indices():
+    for epoch in range(first, epochs):
+      yield from trainer.epoch_batches(epoch)
+
+  dataset = tf.data.Dataset.from_generator(
+      indices, output_signature=tf.TensorSpec([None], tf.int64))
+  driver = _EpochDriver(trainer)
+  driver.compile(run_eagerly=True)
+  return driver.fit(dataset, epochs=epochs, initial_epoch=first,
+                    steps_per_epoch=len(trainer.epoch_batches(first)),
+                    callbacks=callbacks, verbose=verbose, shuffle=False)
+
+
+def _check_callbacks(callbacks):
+  """A list of Keras callbacks from `callbacks` (None or an iterable)."""
+  if callbacks is None:
+    return []
+  if isinstance(callbacks, keras.callbacks.Callback):
+    raise TypeError('callbacks must be a list of keras.callbacks.Callback, '
+                    'got one callback; wrap it in a list.')
+  try:
+    callbacks = list(callbacks)
+  except TypeError:
+    raise TypeError('callbacks must be a list of keras.callbacks.Callback, '
+                    f'got {type(callbacks).__name__}.') from None
+  for i, callback in enumerate(callbacks):
+    if not isinstance(callback, keras.callbacks.Callback):
+      raise TypeError(f'callbacks[{i}] must be a keras.callbacks.Callback, '
+                      f'got {type(callback).__name__}.')
+  return callbacks

@@ -84,7 +84,8 @@ from tfp_esc.inference import _checkpoint
 from tfp_esc.inference._training import (DEAD_COLUMN, RELATIVE_SCALE_FLOOR,
                                          TERMS, as_data, batches,
                                          check_schedule, data_scale,
-                                         elbo_record, to_data_units)
+                                         elbo_record, epoch_under_way,
+                                         to_data_units)
 from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective.annealing import NoAnnealing
@@ -217,6 +218,15 @@ def dictionary_gradient(v, sums, num_observed):
   return (grad_w - w * np.sum(w * grad_w, 0)) / norms
 
 
+@dataclasses.dataclass
+class _EpochState:
+  """What `IncrementalEMTrainer` carries from `begin_epoch` to `end_epoch`."""
+  schedule_value: object      # AnnealingCoefficients of the epoch
+  start: float                # time.perf_counter() at its start
+  coefficients: tf.Tensor     # [3] (a_q, a_prior, a_lik)
+  points: int = 0             # points visited so far
+
+
 class IncrementalEMTrainer:
   """Incremental EM with closed-form M-steps; see the module doc.
 
@@ -323,6 +333,7 @@ class IncrementalEMTrainer:
     self._annealing_scales = None
     self.sums = self._empty_sums()
     self.epoch = 0
+    self._current = None       # the epoch under way (`begin_epoch`)
     self.refine_round = 0
     # True after a round that found no higher ELBO (see run_refinement_round).
     self.refine_converged = False
@@ -584,26 +595,57 @@ class IncrementalEMTrainer:
                  coefficients.prior, self._seconds)
     return record
 
-  def run_epoch(self):
-    """One pass of E-steps and M-steps over the data; returns its record."""
+  def epoch_batches(self, epoch):
+    """`[B]` index arrays of the batches of `epoch` (the last may be
+    smaller); a function of (seed, epoch) only."""
+    return self._batches(epoch)
+
+  def begin_epoch(self):
+    """Starts epoch `self.epoch`: its coefficients and clock.
+
+    `run_epoch` is `begin_epoch`, `visit` for each of
+    `epoch_batches(self.epoch)`, then `end_epoch`; `fit_em` runs the same
+    calls from `keras.Model.fit`.
+    """
     if self.refine_round:
       raise ValueError('run_epoch after refinement rounds: EM epochs come '
                        'first (this state has '
                        f'{self.refine_round} refinement rounds).')
     c = self.schedule(self.epoch)
-    coefficients = tf.constant((c.q, c.prior, c.likelihood), self.dtype)
-    start = time.perf_counter()
-    batches = self._batches(self.epoch)
-    for b, indices in enumerate(batches):
-      self._visit(indices, coefficients)
-      if b % 100 == 0:
-        logging.info('epoch %d batch %d/%d', self.epoch, b + 1, len(batches))
+    self._current = _EpochState(
+        schedule_value=c, start=time.perf_counter(),
+        coefficients=tf.constant((c.q, c.prior, c.likelihood), self.dtype))
+
+  def visit(self, indices):
+    """E-step, sums and M-step on the batch `indices` `[B]`.
+
+    Returns:
+      dict: 'points', the number of points visited so far this epoch.
+    """
+    state = epoch_under_way(self._current)
+    self._visit(indices, state.coefficients)
+    if state.points // self.batch_size % 100 == 0:
+      logging.info('epoch %d: %d of %d points visited', self.epoch,
+                   state.points + len(indices), len(self.x))
+    state.points += len(indices)
+    return {'points': state.points}
+
+  def end_epoch(self):
+    """Sums from scratch, the epoch's record; returns the record."""
+    state, self._current = epoch_under_way(self._current), None
     self._recompute_sums()
-    self._seconds += time.perf_counter() - start
+    self._seconds += time.perf_counter() - state.start
     self._passes += 1
-    record = self._record('em', c, self._passes)
+    record = self._record('em', state.schedule_value, self._passes)
     self.epoch += 1
     return record
+
+  def run_epoch(self):
+    """One pass of E-steps and M-steps over the data; returns its record."""
+    self.begin_epoch()
+    for indices in self.epoch_batches(self.epoch):
+      self.visit(indices)
+    return self.end_epoch()
 
   # -- refinement: quasi-Newton on the profile ELBO ---------------------------
 
