@@ -92,7 +92,8 @@ def _optimizer_note():
 
 def _em(x):
   from tfp_esc.inference.em import fit_em  # pylint: disable=import-outside-toplevel
-  result = fit_em(x, FLAGS.num_latents, seed=FLAGS.seed, epochs=6)
+  result = fit_em(x, FLAGS.num_latents, seed=FLAGS.seed, epochs=6,
+                  verbose=0)
   seconds = np.asarray(result.history['seconds'])
   within = np.flatnonzero(seconds <= FLAGS.seconds)
   last = int(within[-1]) if within.size else 0
