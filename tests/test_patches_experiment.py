@@ -138,6 +138,10 @@ def _contents(folder):
     ({'method': 'amortized', 'e_step_iterations': None,
       'early_stopping_patience': 0},
      '^early_stopping_patience must be an integer >= 1'),
+    ({'evaluate_every': 2}, "^evaluate_every is an option of method "
+                            "'amortized'"),
+    ({'method': 'amortized', 'e_step_iterations': None,
+      'evaluate_every': 0}, '^evaluate_every must be an integer >= 1'),
     ({'posterior_steps': 1}, "^posterior_steps is an option of method "
                              "'amortized'"),
     ({'method': 'amortized', 'e_step_iterations': None,

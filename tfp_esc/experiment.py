@@ -52,7 +52,7 @@ STRATEGIES = ('default', 'mirrored')
 # not which run it is: a resumed run may change them (the checkpoint records
 # everything else).
 _EXTENT_FIELDS = ('epochs', 'refine_rounds', 'strategy',
-                  'early_stopping_patience')
+                  'early_stopping_patience', 'evaluate_every')
 
 
 class ConfigError(ValueError):
@@ -318,6 +318,10 @@ class PatchesConfig:
       has not risen for this many non-annealed epochs
       (`tfp_esc.inference._training.elbo_has_stalled`; EM's refinement
       rounds still run after); None: run every epoch.
+    evaluate_every: method 'amortized': the full-data evaluation (history,
+      checkpoint, early stopping, Gini) after every this many epochs, the
+      last one and one where training stops; 1: every epoch. Training does
+      not depend on it; each evaluation costs about a third of an epoch.
     posterior_steps: method 'amortized', diagonal posteriors: K
       majorise-minimise steps that refine the encoder's posteriors in
       training and evaluation (`tfp_esc.inference.amortized`, "Refined
@@ -356,6 +360,7 @@ class PatchesConfig:
   m_step_size: float = _field(0.5, low=0.0)
   learning_rate: float = _field(1e-3, low=0.0)
   early_stopping_patience: int | None = _field(None, minimum=1)
+  evaluate_every: int = _field(1, minimum=1)
   posterior_steps: int = _field(0, minimum=0)
   refine_in_training: bool = True
   hidden_units: int = _field(256, minimum=1)
@@ -387,6 +392,10 @@ class PatchesConfig:
                         "option of method 'amortized' and of the "
                         "incremental EM engine; engine 'paper' runs on one "
                         'device.')
+    if self.method == 'em' and self.evaluate_every != 1:
+      raise ConfigError('evaluate_every', 'evaluate_every is an option of '
+                        "method 'amortized'; EM records every epoch (the "
+                        'incremental engine reads it off its sums).')
     if self.method == 'em' and self.posterior_steps:
       raise ConfigError('posterior_steps', 'posterior_steps is an option of '
                         "method 'amortized'; EM fits every point's posterior "
@@ -609,6 +618,7 @@ def _train_patches_amortized(config, x, workdir, checkpoint, resume):
       tensorboard_dir=_tensorboard_dir(workdir),
       on_epoch_end=gini, verbose=0,
       early_stopping_patience=config.early_stopping_patience,
+      evaluate_every=config.evaluate_every,
       posterior_steps=config.posterior_steps,
       refine_in_training=config.refine_in_training,
       strategy=(tf.distribute.MirroredStrategy()

@@ -226,6 +226,60 @@ def test_early_stopping_stops_and_a_resume_stops_at_the_same_epoch(
     fit_amortized(x, 10, **dict(options, early_stopping_min_delta=-1.0))
 
 
+def test_evaluate_every_records_every_kth_epoch_and_leaves_training_alone(x):
+  # The evaluation is a read-only pass: the model trained with a record
+  # every 3 epochs is the every-epoch model, bit for bit, and so are the
+  # records they share.
+  every, every_history = fit_amortized(x, 10, **SMALL, epochs=7)
+  sparse, history = fit_amortized(x, 10, **SMALL, epochs=7, evaluate_every=3)
+  assert history['epoch'] == [2, 5, 6]            # every third, and the last
+  np.testing.assert_array_equal(sparse.dictionary.numpy(),
+                                every.dictionary.numpy())
+  for i, epoch in enumerate(history['epoch']):
+    assert history['elbo'][i] == every_history['elbo'][epoch]
+  assert history['seconds'][-1] > 0
+
+
+def test_an_epoch_where_a_callback_stops_training_is_evaluated(x, tmp_path):
+  import keras  # pylint: disable=import-outside-toplevel
+
+  class StopAfter(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+      if epoch == 3:
+        self.model.stop_training = True
+
+  path = str(tmp_path / 'state')
+  model, history = fit_amortized(x, 10, **SMALL, epochs=10, evaluate_every=3,
+                                 callbacks=[StopAfter()],
+                                 checkpoint_path=path)
+  assert history['epoch'] == [2, 3]
+  # ... and checkpointed there: a resume continues from epoch 4 and records
+  # epoch 5 (the sixth, and the last asked for).
+  _, resumed = fit_amortized(x, 10, **SMALL, epochs=6, evaluate_every=3,
+                             checkpoint_path=path, resume=True)
+  assert resumed['epoch'] == [2, 3, 5]
+  with pytest.raises(ValueError, match='evaluate_every must be'):
+    fit_amortized(x, 10, **SMALL, evaluate_every=0)
+  with pytest.raises(TypeError, match=r'callbacks\[0\] must be'):
+    fit_amortized(x, 10, **SMALL, callbacks=[print])
+
+
+def test_resume_with_sparse_evaluations_equals_an_uninterrupted_run(
+    x, tmp_path):
+  options = dict(SMALL, evaluate_every=3)
+  whole, whole_history = fit_amortized(x, 10, **options, epochs=8)
+  path = str(tmp_path / 'state')
+  fit_amortized(x, 10, **options, epochs=5, checkpoint_path=path)
+  resumed, history = fit_amortized(x, 10, **options, epochs=8,
+                                   checkpoint_path=path, resume=True)
+  # Interrupted at 5 (recorded at 2 and 4, its last), then 5 and 7.
+  assert history['epoch'] == [2, 4, 5, 7]
+  assert whole_history['epoch'] == [2, 5, 7]
+  np.testing.assert_allclose(resumed.dictionary, whole.dictionary, atol=1e-5)
+  np.testing.assert_allclose(history['elbo'][-1], whole_history['elbo'][-1],
+                             rtol=1e-5)
+
+
 @pytest.mark.parametrize('num_observed', [16, 256])
 def test_raw_dictionary_starts_at_its_column_norm(num_observed):
   # The column norm of V sets the dictionary's Adam step relative to the

@@ -36,8 +36,9 @@ from tfp_esc.posterior.gaussian import (DiagonalGaussian, FullGaussian,
                                         LowRankGaussian)
 
 __all__ = ['TERMS', 'ElboEarlyStopping', 'as_data', 'batches',
-           'check_schedule', 'data_scale', 'elbo_has_stalled', 'elbo_record',
-           'epoch_under_way', 'scale_posterior', 'tensorboard_callbacks', 'to_data_units']
+           'check_callbacks', 'check_schedule', 'data_scale',
+           'elbo_has_stalled', 'elbo_record', 'epoch_under_way',
+           'scale_posterior', 'tensorboard_callbacks', 'to_data_units']
 
 TERMS = ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')
 
@@ -331,3 +332,22 @@ def epoch_under_way(state):
     raise RuntimeError('visit or end_epoch without begin_epoch: begin an '
                        'epoch first (run_epoch does all three).')
   return state
+
+
+def check_callbacks(callbacks):
+  """A list of Keras callbacks from `callbacks` (None or an iterable)."""
+  if callbacks is None:
+    return []
+  if isinstance(callbacks, keras.callbacks.Callback):
+    raise TypeError('callbacks must be a list of keras.callbacks.Callback, '
+                    'got one callback; wrap it in a list.')
+  try:
+    callbacks = list(callbacks)
+  except TypeError:
+    raise TypeError('callbacks must be a list of keras.callbacks.Callback, '
+                    f'got {type(callbacks).__name__}.') from None
+  for i, callback in enumerate(callbacks):
+    if not isinstance(callback, keras.callbacks.Callback):
+      raise TypeError(f'callbacks[{i}] must be a keras.callbacks.Callback, '
+                      f'got {type(callback).__name__}.')
+  return callbacks

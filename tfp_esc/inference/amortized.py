@@ -139,9 +139,14 @@ resumed run stops where an uninterrupted one does (Keras' `EarlyStopping`
 keeps its counter outside any checkpoint, and watches the batch-average
 metric).
 
-`CheckpointCallback` saves weights, optimizer state and history atomically
-after every epoch; `fit_amortized` wires these with the usual Keras progress
-bar and optional TensorBoard.
+`CheckpointCallback` evaluates the full data and saves weights, optimizer
+state and history atomically after every epoch, or with
+`evaluate_every=k` after every k-th, the last and the one where training
+stops: the evaluation is a forward pass over all the data, about a third
+of an epoch's wall time on whitened patches (8,192 unseen patches, H = 64:
+0.07 to 0.11 s against 0.27 s of training), and training does not depend on
+it (tests: bit for bit). `fit_amortized` wires these with the usual Keras
+progress bar, optional TensorBoard and the caller's own `callbacks`.
 
 Batches come from a permutation that depends only on (seed, epoch), so a
 resumed run continues exactly as an uninterrupted one.
@@ -161,7 +166,8 @@ from tfp_esc.inference import _checkpoint
 from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.inference._training import (ElboEarlyStopping, batches,
                                          check_schedule, data_scale,
-                                         elbo_has_stalled, scale_posterior,
+                                         check_callbacks, elbo_has_stalled,
+                                         scale_posterior,
                                          tensorboard_callbacks,
                                          to_data_units)
 from tfp_esc.model.sparse_coding import SparseCodingModel, normalize_columns
@@ -773,30 +779,58 @@ def _evaluate(model, x, batch_size, refined):
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-  """After every epoch, evaluates on the full data and saves the state.
+  """Evaluates on the full data and saves the state, every
+  `evaluate_every` epochs and after the last epoch trained.
 
   The state (model weights, optimizer variables, epoch, history) goes to one
   `tf.train.Checkpoint` in the directory `path`, replaced atomically.
-  `history` holds one record per epoch: the full-data terms of the
-  posteriors that training uses (`evaluate_amortized`, of the encoder's
+  `history` holds one record per evaluated epoch: the full-data terms of
+  the posteriors that training uses (`evaluate_amortized`, of the encoder's
   posteriors where the model refines at inference only), the coefficients,
-  cumulative seconds and whatever `on_epoch_end(model, epoch)` returns.
+  cumulative seconds of training (evaluations excluded) and whatever
+  `on_epoch_end(model, epoch)` returns.
+
+  Args:
+    x: `[N, D]` the training data.
+    path: optional checkpoint directory.
+    history: dict of lists to append to (a resumed run's).
+    on_epoch_end: optional `f(model, epoch) -> dict` of extra metrics,
+      called at each evaluation.
+    batch_size: points per evaluation batch.
+    seconds: training seconds done before (a resumed run's).
+    config: the run's config, recorded in the checkpoint.
+    evaluate_every: k >= 1: evaluate (and checkpoint) after epochs k - 1,
+      2k - 1, ... (0-based); the last epoch trained, if not one of them
+      (the run's last, or one where `model.stop_training` was set), is
+      evaluated when training ends.
   """
 
   def __init__(self, x, path=None, history=None, on_epoch_end=None,
-               batch_size=512, seconds=0.0, config=None):
+               batch_size=512, seconds=0.0, config=None, evaluate_every=1):
     super().__init__()
     self.x, self.path, self.extra = x, path, on_epoch_end
     self.config = config
     self.batch_size = batch_size
     self.history = history if history is not None else {}
     self.seconds = seconds
+    self.evaluate_every = evaluate_every
+    self._unrecorded = None     # the last trained epoch, until evaluated
 
   def on_epoch_begin(self, epoch, logs=None):
     self._start = time.perf_counter()
 
   def on_epoch_end(self, epoch, logs=None):
     self.seconds += time.perf_counter() - self._start
+    self._unrecorded = epoch
+    if (epoch + 1) % self.evaluate_every == 0:
+      self._record(epoch)
+
+  def on_train_end(self, logs=None):
+    if self._unrecorded is not None:
+      self._record(self._unrecorded)
+
+  def _record(self, epoch):
+    self._unrecorded = None
     c = self.model.coefficients.numpy()
     record = dict(_evaluate(self.model, self.x, self.batch_size,
                             refined=self.model.refine_in_training),
@@ -997,7 +1031,7 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
                   objective='analytic', num_samples=1, family=None,
                   strategy=None, early_stopping_patience=None,
                   early_stopping_min_delta=0.0, posterior_steps=0,
-                  refine_in_training=True):
+                  refine_in_training=True, evaluate_every=1, callbacks=None):
   """Trains encoder and dictionary by Adam on F_a (the Keras way).
 
   Args:
@@ -1052,10 +1086,23 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
       only the returned model's posteriors (`posterior`,
       `amortized_posterior`, `evaluate_amortized`) are refined.
 
+    evaluate_every: k >= 1: the full-data evaluation behind the history
+      (with the checkpoint, early stopping and `on_epoch_end`) after every
+      k-th epoch, the last one and the one where training stops; default
+      every epoch. It costs a forward pass over all the data, about a third
+      of an epoch's time on whitened patches; training itself does not
+      depend on k. Early stopping's patience then counts evaluations, and
+      a resumed run continues from the last evaluated epoch.
+    callbacks: optional list of `keras.callbacks.Callback` added to Keras'
+      `fit` after the library's own; called after every epoch, evaluated
+      or not (a callback that sets `model.stop_training` ends training,
+      and that epoch is evaluated).
+
   Returns:
     (model, history): the trained `AmortizedSparseCoding` and per-epoch lists
     of full-data terms (the analytic F, whatever the objective),
-    coefficients and seconds.
+    coefficients and seconds, one entry per evaluated epoch ('epoch' says
+    which).
 
   Raises:
     ValueError: bad shapes, NaN/inf data, batch_size > N, an unknown
@@ -1090,6 +1137,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
     _checks.check_count(early_stopping_patience, 'early_stopping_patience')
   _checks.check_real(early_stopping_min_delta, 'early_stopping_min_delta',
                      low=0.0, low_open=False)
+  evaluate_every = _checks.check_count(evaluate_every, 'evaluate_every')
+  user_callbacks = check_callbacks(callbacks)
   if on_epoch_end is not None and not callable(on_epoch_end):
     raise TypeError(f'on_epoch_end must be callable or None, got '
                     f'{type(on_epoch_end).__name__}.')
@@ -1146,7 +1195,7 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
       AnnealingCallback(NoAnnealing() if schedule is None else schedule, x,
                         batch_size),
       CheckpointCallback(x, checkpoint_path, history, on_epoch_end,
-                         batch_size, seconds, config)]
+                         batch_size, seconds, config, evaluate_every)]
   stalled = False
   if early_stopping_patience is not None:
     callbacks.append(ElboEarlyStopping(history, early_stopping_patience,
@@ -1154,6 +1203,7 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
     stalled = elbo_has_stalled(history, early_stopping_patience,
                                early_stopping_min_delta)
   callbacks += tensorboard_callbacks(tensorboard_dir)
+  callbacks += user_callbacks
   if epochs > initial_epoch and not stalled:
     model.fit(dataset, epochs=int(epochs), initial_epoch=initial_epoch,
               steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,

@@ -54,7 +54,8 @@ from absl import logging
 from tfp_esc import _checks
 from tfp_esc.inference import _checkpoint
 from tfp_esc.inference._training import (TERMS, ElboEarlyStopping, as_data,
-                                         batches, check_schedule, data_scale,
+                                         batches, check_callbacks,
+                                         check_schedule, data_scale,
                                          elbo_has_stalled, elbo_record,
                                          epoch_under_way,
                                          scale_posterior,
@@ -627,7 +628,7 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
   if on_epoch_end is not None and not callable(on_epoch_end):
     raise TypeError(f'on_epoch_end must be callable or None, got '
                     f'{type(on_epoch_end).__name__}.')
-  callbacks = _check_callbacks(callbacks)
+  callbacks = check_callbacks(callbacks)
   _checks.check_count(verbose, 'verbose', 0, 2)
   if tf.distribute.has_strategy():
     # Keras would run the step once per replica of that strategy.
@@ -813,22 +814,3 @@ def fit_epochs(trainer, epochs, callbacks, verbose=0):
   return driver.fit(dataset, epochs=epochs, initial_epoch=first,
                     steps_per_epoch=len(trainer.epoch_batches(first)),
                     callbacks=callbacks, verbose=verbose, shuffle=False)
-
-
-def _check_callbacks(callbacks):
-  """A list of Keras callbacks from `callbacks` (None or an iterable)."""
-  if callbacks is None:
-    return []
-  if isinstance(callbacks, keras.callbacks.Callback):
-    raise TypeError('callbacks must be a list of keras.callbacks.Callback, '
-                    'got one callback; wrap it in a list.')
-  try:
-    callbacks = list(callbacks)
-  except TypeError:
-    raise TypeError('callbacks must be a list of keras.callbacks.Callback, '
-                    f'got {type(callbacks).__name__}.') from None
-  for i, callback in enumerate(callbacks):
-    if not isinstance(callback, keras.callbacks.Callback):
-      raise TypeError(f'callbacks[{i}] must be a keras.callbacks.Callback, '
-                      f'got {type(callback).__name__}.')
-  return callbacks
