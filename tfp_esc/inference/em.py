@@ -786,9 +786,14 @@ def fit_epochs(trainer, epochs, callbacks, verbose=0):
   """Runs an EM trainer's epochs up to `epochs` by `keras.Model.fit`.
 
   The data are a `tf.data` pipeline of each epoch's batch indices
-  (`trainer.epoch_batches(epoch)`, a function of (seed, epoch)), from the
-  trainer's current epoch on, so a restored trainer continues as an
-  uninterrupted one.
+  (`trainer.epoch_batches(epoch)`, a function of (seed, epoch): consecutive
+  slices of `trainer.batch_size` of one order), from the trainer's current
+  epoch on, so a restored trainer continues as an uninterrupted one. The
+  order is drawn per epoch by `tf.numpy_function` and cut into batches by
+  `tf.data`: a `from_generator` pipeline instead left something running
+  after `fit` that slowed later work in the same process (amortized
+  training after it: 128 epochs in 60 s against 205, and 25 s more to
+  return).
 
   Args:
     trainer: `IncrementalEMTrainer` or `EMTrainer` (anything with `epoch`,
@@ -803,12 +808,14 @@ def fit_epochs(trainer, epochs, callbacks, verbose=0):
   """
   first = trainer.epoch
 
-  def indices():
-    for epoch in range(first, epochs):
-      yield from trainer.epoch_batches(epoch)
+  def epoch_order(epoch):
+    return np.concatenate(trainer.epoch_batches(int(epoch))).astype(np.int64)
 
-  dataset = tf.data.Dataset.from_generator(
-      indices, output_signature=tf.TensorSpec([None], tf.int64))
+  def batched(epoch):
+    order = tf.numpy_function(epoch_order, [epoch], tf.int64, stateful=False)
+    return tf.data.Dataset.from_tensor_slices(order).batch(trainer.batch_size)
+
+  dataset = tf.data.Dataset.range(first, epochs).flat_map(batched)
   driver = _EpochDriver(trainer)
   driver.compile(run_eagerly=True)
   return driver.fit(dataset, epochs=epochs, initial_epoch=first,
