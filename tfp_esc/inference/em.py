@@ -91,10 +91,10 @@ _EVAL_ITERATIONS = {True: 12, False: 100}
 @dataclasses.dataclass
 class _EpochState:
   """What `EMTrainer` carries from `begin_epoch` to `end_epoch`."""
-  coefficients: object
-  start: float
-  v: tf.Tensor
-  objectives: list
+  schedule_value: object      # AnnealingCoefficients of the epoch
+  start: float                # time.perf_counter() at its start
+  v: tf.Tensor                # the dictionary's raw V, updated by each step
+  objectives: list            # each step's annealed batch objective
 
 
 @dataclasses.dataclass
@@ -385,7 +385,7 @@ class EMTrainer:
     """
     c = self.schedule(self.epoch)
     self._current = _EpochState(
-        coefficients=c, start=time.perf_counter(), v=tf.constant(self.v),
+        schedule_value=c, start=time.perf_counter(), v=tf.constant(self.v),
         objectives=[])
 
   def visit(self, indices):
@@ -395,7 +395,7 @@ class EMTrainer:
       dict: 'batch_objective', the batch's annealed objective (x's units).
     """
     state = epoch_under_way(self._current)
-    c = state.coefficients
+    c = state.schedule_value
     v, params, objective, iterations = self._em_step(
         state.v, self._gather(indices, not self.warm_start),
         tf.constant(self.x[indices]),
@@ -422,7 +422,7 @@ class EMTrainer:
   def end_epoch(self):
     """Evaluates the epoch's dictionary; returns the epoch's record."""
     state, self._current = epoch_under_way(self._current), None
-    c = state.coefficients
+    c = state.schedule_value
     self.v = state.v.numpy()
     self._seconds += time.perf_counter() - state.start
     terms = self.evaluate()
