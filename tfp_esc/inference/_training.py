@@ -26,6 +26,7 @@ import math
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from tfp_esc import _checks
@@ -37,7 +38,8 @@ from tfp_esc.posterior.gaussian import (DiagonalGaussian, FullGaussian,
 
 __all__ = ['TERMS', 'ElboEarlyStopping', 'as_data', 'batches',
            'check_callbacks', 'check_schedule', 'data_scale',
-           'elbo_has_stalled', 'elbo_record', 'epoch_under_way',
+           'elbo_has_stalled', 'elbo_record', 'epoch_index_batches',
+           'epoch_under_way',
            'scale_posterior', 'tensorboard_callbacks', 'to_data_units']
 
 TERMS = ('elbo', 'q_entropy', 'prior_entropy', 'likelihood_entropy')
@@ -351,3 +353,38 @@ def check_callbacks(callbacks):
       raise TypeError(f'callbacks[{i}] must be a keras.callbacks.Callback, '
                       f'got {type(callback).__name__}.')
   return callbacks
+
+
+def epoch_index_batches(epoch_order, batch_size, first_epoch, last_epoch,
+                        drop_remainder):
+  """`tf.data.Dataset` of `[B]` int64 index batches, epoch after epoch.
+
+  Each epoch's order is drawn by `epoch_order` only when the pipeline
+  reaches that epoch (`tf.numpy_function`), so a run asked for many epochs
+  holds one epoch's order, not all of them, and cut into consecutive
+  batches of `batch_size`. (A `from_generator` pipeline instead left
+  something running after Keras' `fit` that slowed later work in the same
+  process: `tfp_esc.inference.em.fit_epochs`.)
+
+  Args:
+    epoch_order: `f(epoch) -> [n]` int array, a function of the epoch only
+      (e.g. the concatenated `batches` of that epoch).
+    batch_size: B.
+    first_epoch, last_epoch: the epochs [first_epoch, last_epoch).
+    drop_remainder: drop each epoch's last batch if shorter than B (then
+      the batches have the static shape [B]).
+
+  Returns:
+    The dataset.
+  """
+  def order(epoch):
+    return np.asarray(epoch_order(int(epoch)), np.int64)
+
+  def epoch_batches(epoch):
+    indices = tf.ensure_shape(
+        tf.numpy_function(order, [epoch], tf.int64, stateful=False), [None])
+    return tf.data.Dataset.from_tensor_slices(indices).batch(
+        batch_size, drop_remainder=drop_remainder)
+
+  return tf.data.Dataset.range(first_epoch, last_epoch).flat_map(
+      epoch_batches)

@@ -167,7 +167,7 @@ from tfp_esc.inference.mm import mm_e_step
 from tfp_esc.inference._training import (ElboEarlyStopping, batches,
                                          check_schedule, data_scale,
                                          check_callbacks, elbo_has_stalled,
-                                         scale_posterior,
+                                         epoch_index_batches, scale_posterior,
                                          tensorboard_callbacks,
                                          to_data_units)
 from tfp_esc.model.sparse_coding import SparseCodingModel, normalize_columns
@@ -937,20 +937,14 @@ def _training_batches(x, batch_size, seed, first_epoch, last_epoch):
     Dataset of `[B, D]` batches of x, N // B per epoch.
   """
   num_points, batch_size = int(x.shape[0]), int(batch_size)
-  steps = num_points // batch_size
 
   def epoch_order(epoch):
-    return batch_order(num_points, batch_size, seed, int(epoch),
-                       int(epoch) + 1)[0]
+    return batch_order(num_points, batch_size, seed, epoch,
+                       epoch + 1)[0].reshape(-1)
 
-  def order(epoch):
-    indices = tf.numpy_function(epoch_order, [epoch], tf.int64,
-                                stateful=False)
-    return tf.ensure_shape(indices, [steps, batch_size])
-
-  return (tf.data.Dataset.range(first_epoch, last_epoch)
-          .map(order).unbatch().map(lambda i: tf.gather(x, i))
-          .prefetch(1))
+  return (epoch_index_batches(epoch_order, batch_size, first_epoch,
+                              last_epoch, drop_remainder=True)
+          .map(lambda i: tf.gather(x, i)).prefetch(1))
 
 
 def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,

@@ -57,7 +57,7 @@ from tfp_esc.inference._training import (TERMS, ElboEarlyStopping, as_data,
                                          batches, check_callbacks,
                                          check_schedule, data_scale,
                                          elbo_has_stalled, elbo_record,
-                                         epoch_under_way,
+                                         epoch_index_batches, epoch_under_way,
                                          scale_posterior,
                                          tensorboard_callbacks, to_data_units)
 from tfp_esc.inference.incremental_em import IncrementalEMTrainer
@@ -788,12 +788,8 @@ def fit_epochs(trainer, epochs, callbacks, verbose=0):
   The data are a `tf.data` pipeline of each epoch's batch indices
   (`trainer.epoch_batches(epoch)`, a function of (seed, epoch): consecutive
   slices of `trainer.batch_size` of one order), from the trainer's current
-  epoch on, so a restored trainer continues as an uninterrupted one. The
-  order is drawn per epoch by `tf.numpy_function` and cut into batches by
-  `tf.data`: a `from_generator` pipeline instead left something running
-  after `fit` that slowed later work in the same process (amortized
-  training after it: 128 epochs in 60 s against 205, and 25 s more to
-  return).
+  epoch on, so a restored trainer continues as an uninterrupted one; it is
+  `epoch_index_batches`, whose doc says why not `from_generator`.
 
   Args:
     trainer: `IncrementalEMTrainer` or `EMTrainer` (anything with `epoch`,
@@ -809,13 +805,10 @@ def fit_epochs(trainer, epochs, callbacks, verbose=0):
   first = trainer.epoch
 
   def epoch_order(epoch):
-    return np.concatenate(trainer.epoch_batches(int(epoch))).astype(np.int64)
+    return np.concatenate(trainer.epoch_batches(epoch))
 
-  def batched(epoch):
-    order = tf.numpy_function(epoch_order, [epoch], tf.int64, stateful=False)
-    return tf.data.Dataset.from_tensor_slices(order).batch(trainer.batch_size)
-
-  dataset = tf.data.Dataset.range(first, epochs).flat_map(batched)
+  dataset = epoch_index_batches(epoch_order, trainer.batch_size, first,
+                                epochs, drop_remainder=False)
   driver = _EpochDriver(trainer)
   driver.compile(run_eagerly=True)
   return driver.fit(dataset, epochs=epochs, initial_epoch=first,
