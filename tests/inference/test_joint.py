@@ -5,9 +5,11 @@ import pytest
 
 from tfp_esc.data.bars import make_bars
 from tfp_esc.evaluation.metrics import bars_recovery
+from tfp_esc.inference import joint
 from tfp_esc.inference.joint import fit_joint
 from tfp_esc.objective.annealing import get_schedule
-from tfp_esc.objective.elbo import entropy_elbo
+from tfp_esc.objective.elbo import (classical_elbo_from_statistics,
+                                    elbo_statistics, entropy_elbo)
 
 
 @pytest.fixture(scope='module')
@@ -99,6 +101,39 @@ def test_other_families_train_in_float32(bars, posterior, rank):
   np.testing.assert_allclose(np.linalg.norm(fit.dictionary, axis=0), 1,
                              atol=1e-5)
   assert fit.trace['elbo'][-1] > fit.trace['elbo'][0]
+
+
+def test_reused_traces_see_the_new_data():
+  # fit_joint's traced functions are cached by their static settings; the
+  # data, the frozen dictionary and the frozen lambda, sigma^2 are arguments.
+  # A held-out fit (all three frozen) of other data of the same shapes after
+  # a first one must reuse the traces (a cache hit) and give, bit for bit,
+  # what a fresh trace gives; its reported L(lambda, sigma^2) must be that of
+  # its posterior on the new data at the new frozen values.
+  def fit(seed):
+    data = make_bars(24, seed=seed)
+    scales = data.scales * (1.0 + 0.1 * seed)
+    noise_variance = data.noise_variance * (1.0 + 0.2 * seed)
+    result = fit_joint(data.x, init_dictionary=data.dictionary,
+                       train_dictionary=False, scales=scales,
+                       noise_variance=noise_variance, max_calls=1,
+                       max_iterations=15, jit_compile=False, log_every=0)
+    statistics = elbo_statistics(data.x, result.dictionary, result.posterior)
+    recomputed = classical_elbo_from_statistics(
+        statistics, data.x.shape[1], scales, noise_variance).elbo
+    np.testing.assert_allclose(result.elbo, float(recomputed), rtol=1e-12)
+    return result
+
+  joint._joint_steps.cache_clear()
+  fresh = fit(2)
+  joint._joint_steps.cache_clear()
+  first = fit(1)
+  reused = fit(2)
+  assert joint._joint_steps.cache_info().hits == 1
+  assert first.elbo != reused.elbo
+  assert reused.elbo == fresh.elbo
+  for name, value in fresh.posterior_params.items():
+    np.testing.assert_array_equal(reused.posterior_params[name], value)
 
 
 def test_bad_inputs_raise_before_work(bars):

@@ -49,8 +49,10 @@ the first 5 seeds without all bars.
 """
 
 import dataclasses
+import functools
 import math
 import time
+from typing import Callable, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -201,57 +203,27 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   params = family.init_unconstrained(
       num_points, num_latents, dtype, loc=init_loc, scale=init_scale,
       rank=rank, seed=int(rng.integers(2**31)), floor=scale_floor)
-  names = sorted(params)
+  names = tuple(sorted(params))
   parts = ([init_dictionary] if train_dictionary else []) + [
       params[k] for k in names]
-  shapes = [p.shape for p in parts]
+  shapes = tuple(tuple(p.shape.as_list()) for p in parts)
   sizes = [int(np.prod(s)) for s in shapes]
   position = tf.concat([tf.reshape(p, [-1]) for p in parts], axis=0)
   frozen = normalize_columns(init_dictionary)
+  steps = _joint_steps(posterior, names, shapes, num_observed,
+                       bool(train_dictionary), frozen_parameters is not None,
+                       float(scale_floor), int(num_correction_pairs),
+                       int(max_iterations), bool(jit_compile))
+  # The data enter the traced functions as arguments (never captured), so a
+  # later call with the same shapes and settings reuses their traces.
+  frozen_parameters = frozen_parameters or ()
 
-  def unpack(flat):
-    pieces = [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
-    dictionary = normalize_columns(pieces.pop(0)) if train_dictionary else frozen
-    q = family.from_unconstrained(dict(zip(names, pieces)), floor=scale_floor)
-    return dictionary, q
+  def evaluate(flat, coefficients):
+    return steps.evaluate(flat, x, frozen, coefficients, frozen_parameters)
 
-  def terms_at(flat, coefficients, held_scales=None):
-    dictionary, q = unpack(flat)
-    statistics = elbo_statistics(x, dictionary, q)
-    if frozen_parameters is not None:
-      return classical_elbo_from_statistics(statistics, num_observed,
-                                            *frozen_parameters)
-    if held_scales is None:
-      return entropy_elbo_from_statistics(statistics, num_observed,
-                                          *tf.unstack(coefficients))
-    # Annealed calls (a_prior > 1) hold lambda at `held_scales` (module doc).
-    return held_prior_elbo_from_statistics(statistics, num_observed,
-                                           held_scales,
-                                           *tf.unstack(coefficients))
-
-  def loss_and_gradient(flat, coefficients, held_scales):
-    # The sum over data points (N F_a) keeps per-point gradients O(1).
-    with tf.GradientTape() as tape:
-      tape.watch(flat)
-      loss = -num_points * terms_at(flat, coefficients,
-                                    held_scales).objective
-    return loss, tape.gradient(loss, flat)
-
-  # autograph=False: these functions have no tensor-dependent Python
-  # control flow, and converting TFP's L-BFGS graph was most of the tracing
-  # time of a small evaluation (about 40% of evaluate_dictionary's seconds).
-  @tf.function(jit_compile=jit_compile, reduce_retracing=True,
-               autograph=False)
   def lbfgs_call(flat, coefficients, held_scales):
-    result = tfp.optimizer.lbfgs_minimize(
-        lambda p: loss_and_gradient(p, coefficients, held_scales),
-        initial_position=flat,
-        num_correction_pairs=num_correction_pairs,
-        max_iterations=max_iterations, tolerance=0.0)
-    return (result.position, result.num_iterations,
-            result.num_objective_evaluations)
-
-  evaluate = tf.function(terms_at, jit_compile=jit_compile, autograph=False)
+    return steps.lbfgs_call(flat, x, frozen, coefficients, held_scales,
+                            frozen_parameters)
 
   trace = {k: [] for k in ('call',) + TRACE_KEYS}
 
@@ -306,7 +278,7 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
       converged = True
       break
 
-  dictionary, q = unpack(position)
+  dictionary, q = steps.unpack(position, frozen)
   terms = evaluate(position, tf.constant((1.0, 1.0, 1.0), dtype))
   pieces = [p.numpy().reshape(s) for p, s in zip(
       tf.split(position, sizes), shapes)]
@@ -327,6 +299,89 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
       posterior=_training.scale_posterior(q, data_scale),
       posterior_params=dict(zip(names, pieces)), trace=trace,
       converged=converged, data_scale=data_scale)
+
+
+class _JointSteps(NamedTuple):
+  """The traced functions of `fit_joint` for one set of static settings."""
+  unpack: Callable
+  evaluate: Callable
+  lbfgs_call: Callable
+
+
+@functools.lru_cache(maxsize=16)
+def _joint_steps(posterior, names, shapes, num_observed, train_dictionary,
+                 frozen, scale_floor, num_correction_pairs, max_iterations,
+                 jit_compile):
+  """`fit_joint`'s unpacking, ELBO terms and L-BFGS call, built once per key.
+
+  Every argument is static (hashable), and everything that differs between
+  calls with the same key (the data x `[N, D]`, the frozen dictionary
+  `[D, H]`, the frozen (lambda, sigma^2) or (), the coefficients `[3]`, the
+  held lambda `[H]`, the flat position) is an argument of the returned
+  functions, so a repeated evaluation of same-shaped data (several
+  dictionaries scored on one data set, a held-out evaluation per model)
+  traces and compiles once per process. `shapes` are those of the flat
+  position's pieces (the trained dictionary first, then `names`' parameters),
+  which fix N; with `num_observed` they fix every shape the traces see.
+
+  Returns:
+    `_JointSteps`: unpack(flat, frozen_dictionary) -> (W, q);
+    evaluate(flat, x, frozen_dictionary, coefficients, frozen_parameters)
+    -> ELBO terms; lbfgs_call(flat, x, frozen_dictionary, coefficients,
+    held_scales, frozen_parameters) -> (position, iterations, evaluations).
+  """
+  family = get_family(posterior)
+  sizes = [int(np.prod(s)) for s in shapes]
+  num_points = shapes[-1][0]
+
+  def unpack(flat, frozen_dictionary):
+    pieces = [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
+    dictionary = (normalize_columns(pieces.pop(0)) if train_dictionary
+                  else frozen_dictionary)
+    q = family.from_unconstrained(dict(zip(names, pieces)), floor=scale_floor)
+    return dictionary, q
+
+  def terms_at(flat, x, frozen_dictionary, coefficients, frozen_parameters,
+               held_scales=None):
+    dictionary, q = unpack(flat, frozen_dictionary)
+    statistics = elbo_statistics(x, dictionary, q)
+    if frozen:
+      return classical_elbo_from_statistics(statistics, num_observed,
+                                            *frozen_parameters)
+    if held_scales is None:
+      return entropy_elbo_from_statistics(statistics, num_observed,
+                                          *tf.unstack(coefficients))
+    # Annealed calls (a_prior > 1) hold lambda at `held_scales` (module doc).
+    return held_prior_elbo_from_statistics(statistics, num_observed,
+                                           held_scales,
+                                           *tf.unstack(coefficients))
+
+  def loss_and_gradient(flat, x, frozen_dictionary, coefficients,
+                        held_scales, frozen_parameters):
+    # The sum over data points (N F_a) keeps per-point gradients O(1).
+    with tf.GradientTape() as tape:
+      tape.watch(flat)
+      loss = -num_points * terms_at(flat, x, frozen_dictionary, coefficients,
+                                    frozen_parameters, held_scales).objective
+    return loss, tape.gradient(loss, flat)
+
+  # autograph=False: these functions have no tensor-dependent Python
+  # control flow, and converting TFP's L-BFGS graph was most of the tracing
+  # time of a small evaluation (about 40% of evaluate_dictionary's seconds).
+  @tf.function(jit_compile=jit_compile, autograph=False)
+  def lbfgs_call(flat, x, frozen_dictionary, coefficients, held_scales,
+                 frozen_parameters):
+    result = tfp.optimizer.lbfgs_minimize(
+        lambda p: loss_and_gradient(p, x, frozen_dictionary, coefficients,
+                                    held_scales, frozen_parameters),
+        initial_position=flat,
+        num_correction_pairs=num_correction_pairs,
+        max_iterations=max_iterations, tolerance=0.0)
+    return (result.position, result.num_iterations,
+            result.num_objective_evaluations)
+
+  evaluate = tf.function(terms_at, jit_compile=jit_compile, autograph=False)
+  return _JointSteps(unpack, evaluate, lbfgs_call)
 
 
 def _least_squares_codes(x, dictionary):
