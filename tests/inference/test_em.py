@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfp_esc.data.bars import make_bars
+from tfp_esc.inference import em
 from tfp_esc.inference.em import EMTrainer, fit_em
 from tfp_esc.model.sparse_coding import normalize_columns
 from tfp_esc.objective.annealing import get_schedule
@@ -256,3 +257,24 @@ def test_visit_without_begin_epoch_is_a_clear_error(engine):
     trainer.visit(np.arange(8))
   with pytest.raises(RuntimeError, match='without begin_epoch'):
     trainer.end_epoch()
+
+
+def test_trainers_of_the_same_settings_share_steps_but_not_data():
+  # EMTrainer's compiled steps are cached by static settings (_paper_steps);
+  # the data, dictionary and parameters are arguments. A fit of new data
+  # after one of other data (same shapes) must hit the cache and equal, bit
+  # for bit, the fit of a fresh trace.
+  def fit(seed):
+    return fit_em(make_bars(24, seed=seed).x, 10, engine='paper', epochs=1,
+                  batch_size=12, e_step_iterations=5, jit_compile=False,
+                  verbose=0)
+
+  em._paper_steps.cache_clear()
+  fresh = fit(2)
+  em._paper_steps.cache_clear()
+  first = fit(1)
+  reused = fit(2)
+  assert em._paper_steps.cache_info().hits == 1
+  assert first.history['elbo'] != reused.history['elbo']
+  np.testing.assert_array_equal(reused.dictionary, fresh.dictionary)
+  assert reused.history['elbo'] == fresh.history['elbo']
