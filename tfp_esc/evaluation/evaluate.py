@@ -43,7 +43,8 @@ def evaluate_dictionary(x, dictionary, *, posterior='diagonal', rank=2,
     max_calls, max_iterations: L-BFGS budget for the variational fit.
     log_every: progress logging of the fit (0: none).
     jit_compile: compile the variational fit with XLA (faster iterations;
-      compiling costs seconds per call, which dominates on small data).
+      compiling costs seconds, which dominates on small data; it is paid
+      once per process for each data shape and setting, see `fit_joint`).
 
   Returns:
     dict: 'elbo' (F per data point), 'entropies' {'q', 'prior',

@@ -153,7 +153,10 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
     scale_floor: floor on posterior scales (softplus + floor), in units of
       s, in [0, init_scale).
     seed: seeds the random initial dictionary and low-rank factors.
-    jit_compile: compile each L-BFGS call with XLA.
+    jit_compile: compile each L-BFGS call with XLA. Traced (and compiled)
+      functions are shared by every call in the process with the same data
+      shape and static settings, so scoring several dictionaries on one
+      data set traces once.
     log_every: log progress every this many calls (0: never).
     scales: optional `[H]` positive, finite frozen lambda (for the unit-norm
       columns of the dictionary); give it together with `noise_variance`.
