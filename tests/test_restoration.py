@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tfp_esc import restoration
+from tfp_esc.inference import masked_em
 
 
 def _scene(size=40, seed=0):
@@ -160,6 +161,41 @@ def test_inpainting_keeps_exact_pixels_and_fills_the_rest():
   coverage = restoration.interval_coverage(result.restored,
                                            result.uncertainty, clean, missing)
   assert 0.8 <= coverage['overall'] <= 1.0, coverage
+
+
+def test_a_second_image_reuses_the_compiled_steps_and_not_the_data():
+  # The masked-EM iteration and the posterior step are compiled once per
+  # process; data, mask, dictionary, lambda, sigma^2 and the iteration
+  # counts are arguments. Restoring an image after another of the same size
+  # must not trace again and must equal, bit for bit, a fresh restoration.
+  def restore(seed):
+    clean = _scene(20, seed)
+    rng = np.random.default_rng(seed)
+    noisy = clean + (0.05 + 0.05 * seed) * rng.standard_normal(clean.shape)
+    observed = rng.random(clean.shape) >= 0.3
+    return restoration.restore_image(
+        noisy, observed=observed, patch_size=4, num_latents=4, iterations=3,
+        e_step_iterations=4 + seed, scale_rounds=1 + seed, seed=seed)
+
+  def traces():
+    return (masked_em._masked_em_iteration(True)
+            .experimental_get_tracing_count(),
+            restoration._posterior_step().experimental_get_tracing_count())
+
+  masked_em._masked_em_iteration.cache_clear()
+  restoration._posterior_step.cache_clear()
+  fresh = restore(2)
+  masked_em._masked_em_iteration.cache_clear()
+  restoration._posterior_step.cache_clear()
+  first = restore(1)
+  after_first = traces()
+  reused = restore(2)
+  assert traces() == after_first == (1, 1)
+  assert not np.array_equal(first.restored, reused.restored)
+  for name in ('restored', 'uncertainty', 'dictionary', 'patch_scales'):
+    np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name),
+                                  err_msg=name)
+  assert reused.history == fresh.history
 
 
 @pytest.mark.parametrize('kwargs, error, message', [

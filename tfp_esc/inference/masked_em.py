@@ -31,9 +31,15 @@ Missing-data EM converges more slowly than EM on complete data (at half the
 entries missing, roughly twice the iterations); the number of iterations is
 the caller's budget. The scale floor is relative (1e-4 of the observed
 entries' rms), so training on c x learns the same W for any c > 0.
+
+The compiled iteration (`_masked_em_iteration`) is built once per process
+and noise mode, with the data, mask, dictionary, floor and a fixed sigma^2
+as arguments: a second fit of data of the same shapes (another image of the
+same size) reuses its XLA compilation instead of compiling again.
 """
 
 import dataclasses
+import functools
 
 from absl import logging
 import numpy as np
@@ -107,6 +113,39 @@ def _terms(x, mask, dictionary, loc, scale, noise_variance):
                         noise_variance=noise_variance)
 
 
+@functools.lru_cache(maxsize=None)
+def _masked_em_iteration(learn_noise):
+  """One compiled masked-EM iteration (E-step, then M-step); module doc.
+
+  Args:
+    learn_noise: True: sigma^2* is learned (the `noise_variance` argument of
+      the returned function is ignored); False: sigma^2 is held at it.
+
+  Returns:
+    A `tf.function` (XLA), traced per dtype and shape:
+    (x `[N, D]`, mask `[N, D]` 0/1, w `[D, H]`, loc, scale `[N, H]`,
+    e_iterations int32 scalar, floor, noise_variance scalars) ->
+    (w `[D, H]` unit columns, loc, scale `[N, H]`, terms: `EntropyElbo` of
+    the posteriors after the E-step with the incoming w).
+  """
+
+  @tf.function(jit_compile=True)
+  def iterate(x, mask, w, loc, scale, e_iterations, floor, noise_variance):
+    fixed_noise = None if learn_noise else noise_variance
+    loc, scale = mm_e_step(x, w, loc, scale, tf.ones([3], x.dtype),
+                           iterations=e_iterations, floor=floor, mask=mask,
+                           noise_variance=fixed_noise)
+    terms = _terms(x, mask, w, loc, scale, fixed_noise)
+    free = imputation_m_step(x, mask, w, loc, scale)
+    norms = tf.norm(free, axis=0)
+    dead = norms <= DEAD_COLUMN * tf.reduce_max(norms)
+    free = tf.where(dead[None, :], w, free)
+    norms = tf.where(dead, tf.ones_like(norms), norms)
+    return free / norms, loc * norms, scale * norms, terms
+
+  return iterate
+
+
 def _check(x, mask, num_latents, iterations, e_step_iterations):
   x = np.asarray(x)
   if x.dtype not in (np.float32, np.float64):
@@ -173,30 +212,19 @@ def fit_masked_em(x, num_latents, *, mask=None, iterations=30,
   w = tf.constant(w / np.linalg.norm(w, axis=0), dtype)
   x_t = tf.constant(x)
   mask_t = tf.constant(mask, dtype)
-  ones = tf.ones([3], dtype)
-  fixed_noise = (None if noise_variance is None
-                 else tf.constant(noise_variance, dtype))
+  fixed_noise = tf.constant(0.0 if noise_variance is None
+                            else noise_variance, dtype)
+  iterate = _masked_em_iteration(noise_variance is None)
+  floor = tf.constant(floor, dtype)
   loc = tf.zeros([num_points, num_latents], dtype)
   scale = tf.fill([num_points, num_latents], tf.constant(rms, dtype))
-
-  @tf.function(jit_compile=True)
-  def iterate(w, loc, scale, e_iterations):
-    loc, scale = mm_e_step(x_t, w, loc, scale, ones, iterations=e_iterations,
-                           floor=floor, mask=mask_t,
-                           noise_variance=fixed_noise)
-    terms = _terms(x_t, mask_t, w, loc, scale, fixed_noise)
-    free = imputation_m_step(x_t, mask_t, w, loc, scale)
-    norms = tf.norm(free, axis=0)
-    dead = norms <= DEAD_COLUMN * tf.reduce_max(norms)
-    free = tf.where(dead[None, :], w, free)
-    norms = tf.where(dead, tf.ones_like(norms), norms)
-    return free / norms, loc * norms, scale * norms, terms
 
   history = {'elbo': [], 'noise_variance': []}
   for i in range(iterations):
     e_iterations = tf.constant(first_e_step_iterations if i == 0
                                else e_step_iterations)
-    w_new, loc, scale, terms = iterate(w, loc, scale, e_iterations)
+    w_new, loc, scale, terms = iterate(x_t, mask_t, w, loc, scale,
+                                       e_iterations, floor, fixed_noise)
     elbo = float(terms.elbo)
     if not np.isfinite(elbo):
       raise FloatingPointError(f'masked EM iteration {i}: F is {elbo}.')
@@ -205,7 +233,8 @@ def fit_masked_em(x, num_latents, *, mask=None, iterations=30,
     logging.info('masked EM %d/%d: F = %.4f, noise_variance = %.4g', i + 1,
                  iterations, elbo, float(terms.noise_variance))
     w = w_new
-  terms = _terms(x_t, mask_t, w, loc, scale, fixed_noise)
+  terms = _terms(x_t, mask_t, w, loc, scale,
+                 None if noise_variance is None else fixed_noise)
   return MaskedEMResult(dictionary=w.numpy(), loc=loc.numpy(),
                         scale=scale.numpy(), scales=terms.scales.numpy(),
                         noise_variance=float(terms.noise_variance),
