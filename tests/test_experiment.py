@@ -12,7 +12,8 @@ from tfp_esc.data.bars import make_bars
 
 def test_train_bars_writes_outputs(tmp_path):
   config = experiment.BarsConfig(num_points=60, max_calls=2, max_iterations=10,
-                                 posterior='diagonal', gini_samples=2)
+                                 posterior='diagonal', gini_samples=2,
+                                 jit_compile=False)
   summary = experiment.train_bars(config, str(tmp_path))
   for name in ('dictionary.npy', 'metrics.json', 'dictionary.png',
                'training.png'):
@@ -37,7 +38,7 @@ def test_train_bars_on_user_data(tmp_path):
   np.save(path, make_bars(40, seed=1).x)
   config = experiment.BarsConfig(data_path=str(path), max_calls=1,
                                  max_iterations=5, posterior='diagonal',
-                                 gini_samples=1)
+                                 gini_samples=1, jit_compile=False)
   summary = experiment.train_bars(config, str(tmp_path / 'out'))
   assert 'ground_truth_elbo' not in summary and 'recovered' not in summary
   assert (tmp_path / 'out' / 'dictionary.png').exists()

@@ -62,7 +62,7 @@ def test_non_annealed_calls_never_lower_the_elbo(learned, ground_truth):
 def test_annealed_trace_records_coefficients(bars):
   fit = fit_joint(bars.x[:100], 10, posterior='diagonal', max_calls=3,
                   schedule=get_schedule('prior_linear'), max_iterations=20,
-                  log_every=0)
+                  jit_compile=False, log_every=0)
   np.testing.assert_allclose(fit.trace['a_prior'][1:], [2.0, 1.9, 1.8])
   # F_a - F = -(a_prior - 1) H[prior] with a_q = a_lik = 1.
   np.testing.assert_allclose(
@@ -83,9 +83,11 @@ def test_annealed_calls_learn_instead_of_collapsing():
   # benchmarks/bars_recovery.py).
   data = make_bars(num_points=200, seed=0)
   truth = fit_joint(data.x, init_dictionary=data.dictionary,
-                    train_dictionary=False, max_calls=10, log_every=0)
+                    train_dictionary=False, max_calls=10, jit_compile=False,
+                    log_every=0)
   fit = fit_joint(data.x, 10, posterior='full', seed=0, log_every=0,
-                  max_calls=2, schedule=get_schedule('prior_linear'))
+                  max_calls=2, schedule=get_schedule('prior_linear'),
+                  jit_compile=False)
   np.testing.assert_allclose(fit.trace['a_prior'][1:], [2.0, 1.9])
   assert np.all(fit.trace['elbo'][1:] > truth.elbo - 1.0), (
       fit.trace['elbo'], truth.elbo)
@@ -96,7 +98,7 @@ def test_annealed_calls_learn_instead_of_collapsing():
 def test_other_families_train_in_float32(bars, posterior, rank):
   x = bars.x[:200].astype(np.float32)
   fit = fit_joint(x, 10, posterior=posterior, rank=rank, max_calls=2,
-                  max_iterations=50, log_every=0)
+                  max_iterations=50, jit_compile=False, log_every=0)
   assert fit.dictionary.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(fit.dictionary, axis=0), 1,
                              atol=1e-5)
