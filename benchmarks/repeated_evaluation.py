@@ -1,6 +1,7 @@
-"""What sharing traced steps between calls saves (session 15).
+"""What sharing traced steps between calls saves (sessions 15, 16).
 
-  cd benchmarks && python repeated_evaluation.py [--dictionaries=4] [--tag=...]
+  cd benchmarks && python repeated_evaluation.py [--dictionaries=4]
+      [--tasks=score,paper_fit,restore] [--tag=...]
 
 A user scoring several dictionaries on one data set (the MAP-vs-ELBO
 notebook, a sweep over H or alpha, the amortization gap of each run) calls
@@ -16,6 +17,13 @@ L-BFGS again. This times each call twice in one process, alternating:
 It checks that both give the same numbers. Data: whitened 8 x 8 patches of
 the unseen photographs (`unseen_photographs.py`), random unit-norm
 dictionaries with H = 32 (the library's defaults otherwise: XLA on).
+
+Task 'restore' (session 16): blind denoising (`restore_image`, defaults) of
+a `--restore_size` square crop of scikit-image's chelsea with noise std 0.1,
+as in `restoration.py`; its cold calls also clear the masked-EM iteration
+and the posterior step, each compiled once per process since then. A user
+restoring several images of one size, or denoising and then inpainting
+one image, gains.
 
 Writes benchmarks/results/repeated_evaluation_<tag>.{json,md}.
 """
@@ -34,6 +42,9 @@ flags.DEFINE_integer('num_patches', 1024, 'Training patches.')
 flags.DEFINE_integer('heldout_patches', 512, 'Held-out patches.')
 flags.DEFINE_integer('num_latents', 32, 'H.')
 flags.DEFINE_integer('dictionaries', 4, 'Dictionaries scored (calls timed).')
+flags.DEFINE_list('tasks', ['score', 'paper_fit', 'restore'],
+                  'Calls timed: score, paper_fit, restore.')
+flags.DEFINE_integer('restore_size', 256, 'Side of the restored crop.')
 flags.DEFINE_integer('seed', 0, 'Seed.')
 flags.DEFINE_string('tag', time.strftime('%Y-%m-%d'), 'Results file tag.')
 
@@ -46,7 +57,9 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tfp_esc.evaluation.evaluate import (  # pylint: disable=import-outside-toplevel
       evaluate_dictionary, evaluate_heldout)
-  from tfp_esc.inference import em, joint  # pylint: disable=import-outside-toplevel
+  from skimage import color, data, util  # pylint: disable=import-outside-toplevel
+  from tfp_esc import restoration  # pylint: disable=import-outside-toplevel
+  from tfp_esc.inference import em, joint, masked_em  # pylint: disable=import-outside-toplevel
   x = unseen_patches(FLAGS.num_patches, FLAGS.seed, patch_size=8)
   x_heldout = unseen_patches(FLAGS.heldout_patches, FLAGS.seed + 1,
                              patch_size=8)
@@ -65,8 +78,27 @@ def main(argv):
                        init_dictionary=dictionary, seed=FLAGS.seed, verbose=0)
     return (result.history['elbo'][-1],)
 
-  tasks = {'evaluate_dictionary + evaluate_heldout': score,
-           "fit_em(engine='paper'), 1 epoch": paper_fit}
+  photo = util.img_as_float64(color.rgb2gray(data.chelsea()))
+  size = FLAGS.restore_size
+  top, left = ((s - size) // 2 for s in photo.shape)
+  noisy = photo[top:top + size, left:left + size] + 0.1 * np.random.default_rng(
+      FLAGS.seed).standard_normal((size, size))
+
+  def restore(dictionary):
+    del dictionary  # The learned one is the task's.
+    result = restoration.restore_image(noisy, seed=FLAGS.seed)
+    return (float(np.sum(result.restored)), float(np.sum(result.uncertainty)),
+            result.noise_std)
+
+  names = {'score': 'evaluate_dictionary + evaluate_heldout',
+           'paper_fit': "fit_em(engine='paper'), 1 epoch",
+           'restore': f'restore_image, {size}x{size} blind denoising'}
+  unknown = set(FLAGS.tasks) - set(names)
+  if unknown:
+    raise app.UsageError(f'--tasks: unknown {sorted(unknown)}; choose from '
+                         f'{sorted(names)}.')
+  tasks = {names[t]: {'score': score, 'paper_fit': paper_fit,
+                      'restore': restore}[t] for t in FLAGS.tasks}
   runs = {name: {'cold': [], 'warm': []} for name in tasks}
   same = {name: True for name in tasks}
   for i in range(FLAGS.dictionaries):
@@ -80,6 +112,8 @@ def main(argv):
         if mode == 'cold':
           joint._joint_steps.cache_clear()  # pylint: disable=protected-access
           em._paper_steps.cache_clear()  # pylint: disable=protected-access
+          masked_em._masked_em_iteration.cache_clear()  # pylint: disable=protected-access
+          restoration._posterior_step.cache_clear()  # pylint: disable=protected-access
         start = time.perf_counter()
         values[mode] = task(dictionary)
         runs[name][mode].append(time.perf_counter() - start)
@@ -93,7 +127,7 @@ def main(argv):
              for name, modes in runs.items()}
   out = {'config': {k: FLAGS[k].value for k in (
              'num_patches', 'heldout_patches', 'num_latents', 'dictionaries',
-             'seed')},
+             'tasks', 'restore_size', 'seed')},
          'device': (tf.config.list_logical_devices('GPU') or
                     tf.config.list_logical_devices('CPU'))[0].name,
          'runs': runs, 'median_seconds': summary,
@@ -104,10 +138,12 @@ def main(argv):
     json.dump(out, f, indent=1)
   lines = [
       '# Repeated calls: traces shared (warm) against traced per call (cold)',
-      '', f'{FLAGS.num_patches} training and {FLAGS.heldout_patches} held-out '
-      f'8x8 unseen patches, H = {FLAGS.num_latents}, {FLAGS.dictionaries} '
-      f'random dictionaries, one process ({out["device"]}); medians over '
-      'rounds 1 on.', '',
+      '', f'Tasks {", ".join(FLAGS.tasks)}: {FLAGS.num_patches} training and '
+      f'{FLAGS.heldout_patches} held-out 8x8 unseen patches, H = '
+      f'{FLAGS.num_latents} (score, paper_fit); a {FLAGS.restore_size}x'
+      f'{FLAGS.restore_size} crop of chelsea, noise std 0.1 (restore). '
+      f'{FLAGS.dictionaries} rounds, one process ({out["device"]}); medians '
+      'over rounds 1 on.', '',
       '| call | cold s (as before) | warm s (now) | cold / warm | same numbers |',
       '|---|---|---|---|---|']
   for name, row in summary.items():
