@@ -210,7 +210,6 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   parts = ([init_dictionary] if train_dictionary else []) + [
       params[k] for k in names]
   shapes = tuple(tuple(p.shape.as_list()) for p in parts)
-  sizes = [int(np.prod(s)) for s in shapes]
   position = tf.concat([tf.reshape(p, [-1]) for p in parts], axis=0)
   frozen = normalize_columns(init_dictionary)
   steps = _joint_steps(posterior, names, shapes, num_observed,
@@ -283,8 +282,7 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
 
   dictionary, q = steps.unpack(position, frozen)
   terms = evaluate(position, tf.constant((1.0, 1.0, 1.0), dtype))
-  pieces = [p.numpy().reshape(s) for p, s in zip(
-      tf.split(position, sizes), shapes)]
+  pieces = [p.numpy() for p in steps.split(position)]
   if train_dictionary:
     pieces.pop(0)
   # Back to x's units (see `_training`).
@@ -306,6 +304,7 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
 
 class _JointSteps(NamedTuple):
   """The traced functions of `fit_joint` for one set of static settings."""
+  split: Callable
   unpack: Callable
   evaluate: Callable
   lbfgs_call: Callable
@@ -328,7 +327,8 @@ def _joint_steps(posterior, names, shapes, num_observed, train_dictionary,
   which fix N; with `num_observed` they fix every shape the traces see.
 
   Returns:
-    `_JointSteps`: unpack(flat, frozen_dictionary) -> (W, q);
+    `_JointSteps`: split(flat) -> the pieces, shaped `shapes`;
+    unpack(flat, frozen_dictionary) -> (W, q);
     evaluate(flat, x, frozen_dictionary, coefficients, frozen_parameters)
     -> ELBO terms; lbfgs_call(flat, x, frozen_dictionary, coefficients,
     held_scales, frozen_parameters) -> (position, iterations, evaluations).
@@ -337,8 +337,11 @@ def _joint_steps(posterior, names, shapes, num_observed, train_dictionary,
   sizes = [int(np.prod(s)) for s in shapes]
   num_points = shapes[-1][0]
 
+  def split(flat):
+    return [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
+
   def unpack(flat, frozen_dictionary):
-    pieces = [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
+    pieces = split(flat)
     dictionary = (normalize_columns(pieces.pop(0)) if train_dictionary
                   else frozen_dictionary)
     q = family.from_unconstrained(dict(zip(names, pieces)), floor=scale_floor)
@@ -384,7 +387,7 @@ def _joint_steps(posterior, names, shapes, num_observed, train_dictionary,
             result.num_objective_evaluations)
 
   evaluate = tf.function(terms_at, jit_compile=jit_compile, autograph=False)
-  return _JointSteps(unpack, evaluate, lbfgs_call)
+  return _JointSteps(split, unpack, evaluate, lbfgs_call)
 
 
 def _least_squares_codes(x, dictionary):
