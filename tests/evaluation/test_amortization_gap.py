@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tfp_esc.data.bars import make_bars
+from tfp_esc.evaluation import evaluate
 from tfp_esc.evaluation.evaluate import amortization_gap
 from tfp_esc.inference.amortized import evaluate_amortized, fit_amortized
 
@@ -37,3 +38,21 @@ def test_bad_arguments(trained):
     amortization_gap(model, x, iterations=0)
   with pytest.raises(ValueError, match='x'):
     amortization_gap(model, x[:0])
+
+
+def test_a_second_gap_reuses_the_compiled_refit_and_not_the_data(trained):
+  # The diagonal re-fit is compiled once per process; data, dictionary,
+  # start, floor and iterations are arguments. The gap on other data of the
+  # same shape must not trace again and must equal, bit for bit, the gap
+  # with a fresh trace.
+  x, model = trained
+  other = make_bars(num_points=300, seed=7).x
+  evaluate._refit_e_step.cache_clear()
+  fresh = amortization_gap(model, other, iterations=20)
+  evaluate._refit_e_step.cache_clear()
+  first = amortization_gap(model, x, iterations=10)
+  reused = amortization_gap(model, other, iterations=20)
+  assert evaluate._refit_e_step().experimental_get_tracing_count() == 1
+  assert first['refit_elbo'] != reused['refit_elbo']
+  for key in ('encoder_elbo', 'refit_elbo', 'refit_noise_variance'):
+    assert reused[key] == fresh[key], key
