@@ -91,6 +91,27 @@ def test_patch_scale_maximises_the_patch_prior_terms():
   np.testing.assert_allclose(best, np.mean(magnitude / lam, -1), rtol=1e-12)
 
 
+def test_patch_noise_is_the_patch_misfit_within_its_bounds():
+  """sigma_n^2* = E_q ||m_n * (x_n - W z)||^2 / |m_n| (the sigma^2* of the
+  patch alone), kept in [_MIN_PATCH_NOISE sigma^2, sigma^2] (step 4b)."""
+  rng = np.random.default_rng(7)
+  x, w = rng.normal(size=(40, 6)), rng.normal(size=(6, 3))
+  loc, scale = rng.normal(size=(40, 3)), rng.uniform(0.1, 1.0, (40, 3))
+  mask = (rng.random((40, 6)) < 0.6).astype(np.float64)
+  mask[0] = 0.0                      # a patch with nothing observed
+  noise = 2.0
+  got = restoration._optimal_patch_noise(x, mask, w, loc, scale,
+                                         noise).numpy()
+  error = (np.sum(np.square(mask * (x - loc @ w.T)), -1)
+           + np.sum(np.square(scale) * (mask @ np.square(w)), -1))
+  want = error / np.maximum(mask.sum(-1), 1)
+  floor = restoration._MIN_PATCH_NOISE * noise
+  # The draw puts patches on both sides of the bounds and between them.
+  assert np.any(want > noise) and np.any((want < noise) & (want > floor))
+  np.testing.assert_allclose(got, np.clip(want, floor, noise), rtol=1e-12)
+  assert got[0] == floor
+
+
 def test_psnr_and_coverage():
   clean = np.zeros((10, 10))
   assert restoration.psnr(clean + 0.1, clean) == pytest.approx(20.0)
@@ -112,6 +133,9 @@ def test_blind_denoising_learns_the_noise_and_restores(denoised):
   clean, noisy, result = denoised
   assert result.noise_learned
   assert abs(result.noise_std - 0.1) < 0.015, result.noise_std
+  # Noise is the same for every pixel: no per-patch misfit (step 4b).
+  np.testing.assert_allclose(result.patch_noise_std, result.noise_std,
+                             rtol=1e-12)
   gain = restoration.psnr(result.restored, clean) - restoration.psnr(noisy,
                                                                      clean)
   assert gain > 5.0, gain
@@ -161,6 +185,21 @@ def test_inpainting_keeps_exact_pixels_and_fills_the_rest():
   coverage = restoration.interval_coverage(result.restored,
                                            result.uncertainty, clean, missing)
   assert 0.8 <= coverage['overall'] <= 1.0, coverage
+  # Each patch its own misfit (step 4b), within its bounds ...
+  model = result.model_noise_std
+  noise = result.patch_noise_std
+  assert np.all(noise <= model * (1 + 1e-12))
+  assert np.all(noise >= np.sqrt(restoration._MIN_PATCH_NOISE) * model
+                * (1 - 1e-12))
+  # ... smaller where the image is smooth than on the square's edges.
+  windows = restoration.image_to_patches(clean, 6)
+  edges = np.ptp(windows, -1) > 0.1
+  assert np.median(noise[~edges]) < 0.5 * np.median(noise[edges])
+  # Error bars the size of the errors (one sigma^2 for every patch gives
+  # the smooth regions the misfit of the edges: ratio 0.55).
+  ratio = np.sqrt(np.mean((result.restored - clean)[missing]**2)
+                  / np.mean(result.uncertainty[missing]**2))
+  assert 0.65 < ratio < 1.5, ratio
 
 
 def test_a_second_image_reuses_the_compiled_steps_and_not_the_data():
@@ -192,7 +231,8 @@ def test_a_second_image_reuses_the_compiled_steps_and_not_the_data():
   reused = restore(2)
   assert traces() == after_first == (1, 1)
   assert not np.array_equal(first.restored, reused.restored)
-  for name in ('restored', 'uncertainty', 'dictionary', 'patch_scales'):
+  for name in ('restored', 'uncertainty', 'dictionary', 'patch_scales',
+               'patch_noise_std'):
     np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name),
                                   err_msg=name)
   assert reused.history == fresh.history

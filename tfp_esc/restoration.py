@@ -33,8 +33,32 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    c_n). Measured: +1.0 dB on a photograph with large smooth regions
    (coffee), +0.1 dB on a textured one (chelsea).
    Per-patch posterior of the clean patch: mean mu_n + W nu_n, per-pixel
-   variance sum_h W_dh^2 s_nh^2 + sigma_pix^2 / |m_n| (the second term is
-   the noise of the patch mean mu_n).
+   variance sum_h W_dh^2 s_nh^2 + sigma_n^2 / |m_n| (the second term is
+   the noise of the patch mean mu_n; sigma_n^2 = sigma^2 but in step 4b).
+4b. Per-patch misfit, exact observations (`noise_std=0`: inpainting). Then
+   sigma^2 is no noise but the model's misfit, and that is far from uniform
+   over a photograph: near zero on smooth regions, large on texture. One
+   sigma^2 for the whole image gives a missing pixel on a smooth region an
+   error bar the size of the texture's misfit (coffee: 99.9% of the 95%
+   intervals of the surer half covered). So each patch gets its own
+   sigma_n^2, updated with c_n in every scale round: its type-II maximum
+   likelihood value E_q ||m_n * (x_n - W z)||^2 / |m_n| (sigma^2* of the
+   patch alone), kept between 0.03 sigma^2 and sigma^2. Capped at sigma^2
+   because a larger sigma_n^2 in the E-step lets the prior shrink the
+   patch's codes, which pulls its missing pixels to the patch mean
+   (coffee: -0.44 dB without the cap). Floored because an estimate from
+   the few observed pixels of one patch, after its codes have fitted them,
+   runs low, and a patch whose sigma_n^2 is too small overfits them. The
+   floor was chosen among three measured values (benchmarks/restoration.py's
+   images, and the tests' synthetic scene, PSNR against one sigma^2;
+   coverage of coffee's surer half): 1e-3: chelsea +0.25, coffee +0.09,
+   synthetic -0.57 dB, 0.971; 0.03: +0.25, +0.16, +0.35 dB, 0.987; 0.1:
+   +0.24, +0.16, +0.98 dB, 0.992 (goal <= 0.99). A missing pixel's
+   variance in window n is then its posterior variance plus sigma_n^2 (the
+   pixel itself, W z + e), before the windows are combined, so a window
+   that fits its observed pixels badly also counts less. With noise
+   (learned or given > 0) sigma^2 is real noise, the same for every pixel,
+   and stays one number (results unchanged to rounding).
 5. Combining the overlaps (k estimates of each pixel, patch posteriors
    N(mu_k, v_k)): the restored pixel is their precision-weighted average,
    sum_k pi_k mu_k with pi_k = (1 / v_k) / sum_j (1 / v_j), the mean of the
@@ -74,7 +98,9 @@ from tfp_esc import _checks
 from tfp_esc.inference._training import RELATIVE_SCALE_FLOOR
 from tfp_esc.inference.masked_em import fit_masked_em
 from tfp_esc.inference.mm import mm_e_step
+from tfp_esc.objective import elbo as elbo_lib
 from tfp_esc.objective.special import expected_magnitude
+from tfp_esc.posterior.gaussian import DiagonalGaussian
 
 __all__ = [
   'RestorationResult',
@@ -94,6 +120,8 @@ _CHUNK = 8192
 # without end; 1e-3 of lambda is far below any structure).
 _SCALE_ROUND_ITERATIONS = 15
 _MIN_PATCH_SCALE = 1e-3
+# Per-patch misfit (step 4b): the smallest sigma_n^2, relative to sigma^2.
+_MIN_PATCH_NOISE = 0.03
 
 
 @dataclasses.dataclass
@@ -112,6 +140,9 @@ class RestorationResult:
     history: dict of lists from the masked EM ('elbo', 'noise_variance').
     patch_scales: `[N]` the per-patch prior scales c_n (module doc, step 4),
       patches in `image_to_patches` order.
+    patch_noise_std: `[N]` float64 per-patch std of the model's per-pixel
+      sigma_n^2 (module doc, step 4b): model_noise_std for every patch
+      unless noise_std = 0 was given.
     seconds: float, wall-clock seconds of the whole restoration.
   """
   restored: np.ndarray
@@ -122,6 +153,7 @@ class RestorationResult:
   dictionary: np.ndarray
   history: dict
   patch_scales: np.ndarray
+  patch_noise_std: np.ndarray
   seconds: float
 
 
@@ -275,10 +307,10 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
       (inpainting a clean image): the model still learns its sigma^2 (then
       the misfit of the patch model), the observed pixels are kept as
       they are, with uncertainty 0, and a missing pixel's variance adds
-      that sigma^2: its true value is a draw of the same model as the exact
+      the misfit: its true value is a draw of the same model as the exact
       observed ones, W z + e (posterior predictive), not the noise-free
-      W z of denoising. Measured: 95% coverage of the missing pixels 0.869
-      -> 0.969 (chelsea), 0.969 -> 0.988 (coffee).
+      W z of denoising (95% coverage of the missing pixels 0.869 -> 0.969
+      on chelsea). The misfit is learned per patch (module doc, step 4b).
     patch_size: p, the patch side.
     num_latents: H, atoms; default p^2 / 4 (module doc, step 2).
     num_train_patches: patches (drawn at random) the dictionary is learned
@@ -331,19 +363,25 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
                     else float(noise_std)**2)
   w = learned.dictionary
 
-  loc, scale, patch_scales = _posteriors(
+  loc, scale, patch_scales, patch_noise = _posteriors(
       centred, masks, w, learned.scales, max(noise_variance, 1e-300),
-      e_step_iterations, scale_rounds, progress)
+      e_step_iterations, scale_rounds, exact, progress)
+  # Per pixel, as pixel_variance is to sigma^2 (step 3): [N, 1].
+  patch_pixel_noise = (patch_noise * (pixel_variance
+                                      / max(noise_variance, 1e-300)))[:, None]
   estimates = loc @ w.T + means                                     # [N, D]
   variances = (np.square(scale) @ np.square(w).T
-               + pixel_variance / np.maximum(num_seen, 1))
+               + patch_pixel_noise / np.maximum(num_seen, 1))
+  if exact:
+    # Missing: posterior predictive of the pixel itself, W z + e,
+    # e ~ N(0, sigma_n^2) (the patch's misfit), in every window (step 4b).
+    variances = variances + patch_pixel_noise
   restored, variance = combine_posteriors(estimates, variances, image.shape,
                                           patch_size)
   if exact:
-    # Observed: known exactly. Missing: posterior predictive of the pixel
-    # itself, W z + e, e ~ N(0, sigma^2) (the model's misfit).
+    # Observed: known exactly.
     restored = np.where(observed, image, restored)
-    variance = np.where(observed, 0.0, variance + pixel_variance)
+    variance = np.where(observed, 0.0, variance)
   seconds = time.perf_counter() - start
   logging.info('restored a %s image in %.1f s; noise std %.4g (%s)',
                image.shape, seconds, np.sqrt(pixel_variance),
@@ -353,20 +391,24 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
       noise_std=0.0 if exact else float(np.sqrt(pixel_variance)),
       model_noise_std=float(np.sqrt(pixel_variance)),
       noise_learned=noise_std is None, dictionary=w,
-      history=learned.history, patch_scales=patch_scales, seconds=seconds)
+      history=learned.history, patch_scales=patch_scales,
+      patch_noise_std=np.sqrt(patch_pixel_noise[:, 0]), seconds=seconds)
 
 
 def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
-                scale_rounds, progress):
+                scale_rounds, patch_noise, progress):
   """Diagonal posteriors of every patch, W, lambda, sigma^2 held fixed, with
-  per-patch prior scales c_n (module doc, step 4).
+  per-patch prior scales c_n (module doc, step 4) and, with `patch_noise`,
+  per-patch misfits sigma_n^2 (step 4b).
 
   The points separate, so chunks of `_CHUNK` rows (the last one padded) go
   through one compiled step (`_posterior_step`): an E-step from zero means,
-  then `scale_rounds` rounds of c_n = c_n* and a warm E-step.
+  then `scale_rounds` rounds of c_n = c_n* (and sigma_n^2 = sigma_n^2*) and
+  a warm E-step.
 
   Returns:
-    (loc, scale) `[N, H]` float64 and the patch scales c `[N]`.
+    (loc, scale) `[N, H]` float64, the patch scales c `[N]` and the patch
+    noise variances sigma_n^2 `[N]` (sigma^2 without `patch_noise`).
   """
   dtype = tf.as_dtype(x.dtype)
   num_points, _ = x.shape
@@ -375,7 +417,8 @@ def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
               tf.constant(noise_variance, dtype),
               tf.constant(np.sqrt(noise_variance), dtype),
               tf.constant(RELATIVE_SCALE_FLOOR * rms, dtype),
-              tf.constant(iterations), tf.constant(scale_rounds)]
+              tf.constant(iterations), tf.constant(scale_rounds),
+              tf.constant(patch_noise)]
   step = _posterior_step()
   chunk = min(_CHUNK, num_points)
   bar = keras.utils.Progbar(num_points) if progress else None
@@ -405,13 +448,13 @@ def _posterior_step():
   Returns:
     A `tf.function`: (x `[B, D]`, mask `[B, D]` 0/1, w `[D, H]`, scales
     `[H]`, noise_variance, start_scale, floor scalars, iterations,
-    scale_rounds int32 scalars) -> (loc `[B, H]`, scale `[B, H]`, patch
-    scales c `[B]`).
+    scale_rounds int32 scalars, patch_noise bool scalar) -> (loc `[B, H]`,
+    scale `[B, H]`, patch scales c `[B]`, patch noise variances `[B]`).
   """
 
   @tf.function(jit_compile=True)
   def step(x, mask, w, scales, noise, start_scale, floor, iterations,
-           scale_rounds):
+           scale_rounds, patch_noise):
     dtype = x.dtype
     ones = tf.ones([3], dtype)
     shape = [tf.shape(x)[0], tf.shape(w)[1]]
@@ -420,20 +463,33 @@ def _posterior_step():
         iterations=iterations, floor=floor, scales=scales,
         noise_variance=noise, mask=mask)
 
-    def scale_round(i, loc, scale, patch_scale):
+    def scale_round(i, loc, scale, patch_scale, noises):
       patch_scale = _optimal_patch_scales(loc, scale, scales)
+      noises = tf.where(patch_noise,
+                        _optimal_patch_noise(x, mask, w, loc, scale, noise),
+                        noises)
       loc, scale = mm_e_step(
           x, w, loc, scale, ones, iterations=_SCALE_ROUND_ITERATIONS,
-          floor=floor, scales=patch_scale * scales, noise_variance=noise,
+          floor=floor, scales=patch_scale * scales, noise_variance=noises,
           mask=mask)
-      return i + 1, loc, scale, patch_scale
+      return i + 1, loc, scale, patch_scale, noises
 
-    _, loc, scale, patch_scale = tf.while_loop(
+    _, loc, scale, patch_scale, noises = tf.while_loop(
         lambda i, *_: i < scale_rounds, scale_round,
-        (tf.constant(0), loc, scale, tf.ones([shape[0], 1], dtype)))
-    return loc, scale, patch_scale[:, 0]
+        (tf.constant(0), loc, scale, tf.ones([shape[0], 1], dtype),
+         tf.fill(shape[:1], noise)))
+    return loc, scale, patch_scale[:, 0], noises
 
   return step
+
+
+def _optimal_patch_noise(x, mask, w, loc, scale, noise):
+  """sigma_n^2* = E_q ||m_n * (x_n - W z)||^2 / |m_n|, kept in
+  [_MIN_PATCH_NOISE sigma^2, sigma^2]: `[N]` (module doc, step 4b)."""
+  error = elbo_lib.reconstruction_error(x, w, DiagonalGaussian(loc, scale),
+                                        mask)
+  seen = tf.maximum(tf.reduce_sum(mask, -1), tf.ones([], x.dtype))
+  return tf.clip_by_value(error / seen, _MIN_PATCH_NOISE * noise, noise)
 
 
 def _optimal_patch_scales(loc, scale, scales):

@@ -271,6 +271,37 @@ def test_per_point_scales_equal_separate_runs():
       np.testing.assert_allclose(a[n].numpy(), b[0].numpy(), rtol=1e-10)
 
 
+def test_per_point_noise_equals_separate_runs():
+  """noise_variance `[B]`: every point has its own likelihood, as if run
+  alone; with shared scales, and with per-point scales and a mask (the
+  restoration's per-patch rounds)."""
+  x, w, loc, scale = _problem(9, 3, 6, 4)
+  rng = np.random.default_rng(2)
+  noise = rng.uniform(0.01, 0.5, 3)
+  shared = rng.uniform(0.2, 2.0, 4)
+  per_point = rng.uniform(0.2, 2.0, (3, 4))
+  mask = (rng.random((3, 6)) < 0.7).astype(np.float64)
+  step = tf.function(mm_e_step)
+  kwargs = dict(iterations=tf.constant(40), floor=FLOOR)
+  for scales, masks in ((np.tile(shared, (3, 1)), None), (per_point, mask)):
+    got = step(x, w, loc, scale, (1.0, 1.0, 1.0), scales=scales,
+               noise_variance=noise, mask=masks, **kwargs)
+    for n in range(3):
+      want = step(x[n:n + 1], w, loc[n:n + 1], scale[n:n + 1],
+                  (1.0, 1.0, 1.0), scales=scales[n], noise_variance=noise[n],
+                  mask=None if masks is None else masks[n:n + 1], **kwargs)
+      for a, b in zip(got, want):
+        np.testing.assert_allclose(a[n].numpy(), b[0].numpy(), rtol=1e-9,
+                                   atol=1e-12)
+
+
+def test_per_point_noise_refuses_the_rescaling():
+  x, w, loc, scale = _problem(9, 3, 6, 4)
+  with pytest.raises(ValueError, match='scalar noise_variance'):
+    mm_e_step(x, w, loc, scale, (1.0, 1.0, 1.0), iterations=2, floor=FLOOR,
+              noise_variance=np.full(3, 0.1), rescale=True)
+
+
 @pytest.mark.parametrize('mode', ['free', 'context', 'fixed_scales',
                                   'fixed_noise', 'point_scales'])
 def test_rescaling_gain_is_the_exact_change_of_the_objective(mode):

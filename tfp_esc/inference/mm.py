@@ -330,7 +330,9 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
     noise_variance: optional scalar sigma^2 held fixed instead of sigma^2*.
       With both fixed, every iteration raises the classical L_a of the
       batch at them, which separates over points: held-out evaluation
-      (SPEC 12).
+      (SPEC 12). Or `[B]`: a noise variance per point (each point its own
+      likelihood; `tfp_esc.restoration`'s per-patch misfit), not with
+      `rescale`.
     inner_iterations: two-variable Newton steps per iteration.
     mask: optional `[B, D]` float of 0/1, 1 where x is observed: the
       likelihood runs over observed entries only (module doc). The
@@ -408,6 +410,9 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
   # The latent rescaling (module doc), where lambda or sigma^2 is free.
   rescales = rescale and mask is None and (fixed_scales is None
                                           or fixed_noise is None)
+  if rescales and fixed_noise is not None and fixed_noise.shape.rank:
+    raise ValueError('rescale=True needs a scalar noise_variance, got shape '
+                     f'{fixed_noise.shape.as_list()}.')
 
   def optimal(magnitude, rec):
     if fixed_scales is None:
@@ -432,8 +437,11 @@ def mm_e_step(x, dictionary, loc, scale, coefficients, *, iterations, floor,
     current = per_point(rec, magnitude, log_s, scales, noise_variance)
     g_y = apply_gram(y)
     target = y - (g_y - projected) / lipschitz
-    k = a_lik * lipschitz / noise_variance
-    k_s = a_lik * column_norms2 / noise_variance
+    # A noise variance per point ([B]) divides its point's row.
+    noise_columns = (noise_variance[:, None] if noise_variance.shape.rank
+                     else noise_variance)
+    k = a_lik * lipschitz / noise_columns
+    k_s = a_lik * column_norms2 / noise_columns
     b = a_prior / scales
     new_nu, new_s, new_magnitude = _two_variable_newton(
         target, y, s, k, k_s, b, a_q, floor, inner_iterations)
