@@ -219,7 +219,8 @@ def test_a_second_image_reuses_the_compiled_steps_and_not_the_data():
   def traces():
     return (masked_em._masked_em_iteration(True)
             .experimental_get_tracing_count(),
-            restoration._posterior_step().experimental_get_tracing_count())
+            restoration._posterior_step(False)
+            .experimental_get_tracing_count())
 
   masked_em._masked_em_iteration.cache_clear()
   restoration._posterior_step.cache_clear()

@@ -73,10 +73,11 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    (benchmarks/restoration.py's images): coffee +0.15 dB denoising and
    +0.27 dB inpainting, chelsea unchanged, coverage moved by <= 0.013.
 
-Compilation: the masked-EM iteration and the posterior step are each
-compiled (XLA) once per process and image shape, with every value an
-argument, so a second restoration of an image of the same size (another
-image, or inpainting after denoising) skips the compilation.
+Compilation: the masked-EM iteration and the posterior step (one with and
+one without per-patch misfits) are each compiled (XLA) once per process and
+image shape, with every value an argument, so a second restoration of an
+image of the same size (another image, or inpainting after denoising) skips
+the compilation.
 
 Shapes: images `[rows, cols]` float in [0, 1] (values far outside refused);
 masks `[rows, cols]` bool with true = observed (the library's convention;
@@ -417,9 +418,8 @@ def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
               tf.constant(noise_variance, dtype),
               tf.constant(np.sqrt(noise_variance), dtype),
               tf.constant(RELATIVE_SCALE_FLOOR * rms, dtype),
-              tf.constant(iterations), tf.constant(scale_rounds),
-              tf.constant(patch_noise)]
-  step = _posterior_step()
+              tf.constant(iterations), tf.constant(scale_rounds)]
+  step = _posterior_step(patch_noise)
   chunk = min(_CHUNK, num_points)
   bar = keras.utils.Progbar(num_points) if progress else None
   parts = []
@@ -438,23 +438,28 @@ def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
 
 
 @functools.cache
-def _posterior_step():
-  """The compiled step of `_posteriors`, one per process.
+def _posterior_step(patch_noise):
+  """The compiled step of `_posteriors`, one per process and `patch_noise`.
 
   Traced per dtype and shape, XLA-compiled; everything is an argument, so
   restoring another image of the same size (or the same image again)
   reuses the compilation.
 
+  Args:
+    patch_noise: True: per-patch misfits sigma_n^2 (module doc, step 4b);
+      False: sigma^2 for every patch (a separate compilation, so denoising
+      does not pay for them).
+
   Returns:
     A `tf.function`: (x `[B, D]`, mask `[B, D]` 0/1, w `[D, H]`, scales
     `[H]`, noise_variance, start_scale, floor scalars, iterations,
-    scale_rounds int32 scalars, patch_noise bool scalar) -> (loc `[B, H]`,
-    scale `[B, H]`, patch scales c `[B]`, patch noise variances `[B]`).
+    scale_rounds int32 scalars) -> (loc `[B, H]`, scale `[B, H]`, patch
+    scales c `[B]`, patch noise variances `[B]`).
   """
 
   @tf.function(jit_compile=True)
   def step(x, mask, w, scales, noise, start_scale, floor, iterations,
-           scale_rounds, patch_noise):
+           scale_rounds):
     dtype = x.dtype
     ones = tf.ones([3], dtype)
     shape = [tf.shape(x)[0], tf.shape(w)[1]]
@@ -465,13 +470,12 @@ def _posterior_step():
 
     def scale_round(i, loc, scale, patch_scale, noises):
       patch_scale = _optimal_patch_scales(loc, scale, scales)
-      noises = tf.where(patch_noise,
-                        _optimal_patch_noise(x, mask, w, loc, scale, noise),
-                        noises)
+      if patch_noise:
+        noises = _optimal_patch_noise(x, mask, w, loc, scale, noise)
       loc, scale = mm_e_step(
           x, w, loc, scale, ones, iterations=_SCALE_ROUND_ITERATIONS,
-          floor=floor, scales=patch_scale * scales, noise_variance=noises,
-          mask=mask)
+          floor=floor, scales=patch_scale * scales,
+          noise_variance=noises if patch_noise else noise, mask=mask)
       return i + 1, loc, scale, patch_scale, noises
 
     _, loc, scale, patch_scale, noises = tf.while_loop(
