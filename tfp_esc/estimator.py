@@ -133,7 +133,7 @@ def _scaled_sums(sums, factor):
       + sums.count * len(sums.magnitude) * np.log(factor))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _heldout_e_step(jit_compile):
   """The compiled E-step for new data at fixed W, lambda, sigma^2.
 

@@ -113,7 +113,7 @@ def _terms(x, mask, dictionary, loc, scale, noise_variance):
                         noise_variance=noise_variance)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _masked_em_iteration(learn_noise):
   """One compiled masked-EM iteration (E-step, then M-step); module doc.
 
