@@ -364,12 +364,14 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
                     else float(noise_std)**2)
   w = learned.dictionary
 
+  # The E-step divides by sigma^2 (an exact fit could learn 0).
+  positive_noise = max(noise_variance, 1e-300)
   loc, scale, patch_scales, patch_noise = _posteriors(
-      centred, masks, w, learned.scales, max(noise_variance, 1e-300),
-      e_step_iterations, scale_rounds, exact, progress)
+      centred, masks, w, learned.scales, positive_noise, e_step_iterations,
+      scale_rounds, exact, progress)
   # Per pixel, as pixel_variance is to sigma^2 (step 3): [N, 1].
-  patch_pixel_noise = (patch_noise * (pixel_variance
-                                      / max(noise_variance, 1e-300)))[:, None]
+  patch_pixel_noise = (patch_noise
+                       * (pixel_variance / positive_noise))[:, None]
   estimates = loc @ w.T + means                                     # [N, D]
   variances = (np.square(scale) @ np.square(w).T
                + patch_pixel_noise / np.maximum(num_seen, 1))
