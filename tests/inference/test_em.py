@@ -184,14 +184,44 @@ def test_callbacks_see_each_epochs_record_and_can_stop_the_epochs():
   result = fit_em(x, 10, epochs=5, refine_rounds=1, verbose=0,
                   on_epoch_end=gini, callbacks=[recorder], **INCREMENTAL)
   history = result.history
-  # Two EM epochs (the callback stopped them), then the refinement round.
+  # Two EM epochs (the callback stopped them), then the refinement round,
+  # which the callback sees too, as the next epoch.
   assert history['phase'] == ['em', 'em', 'refine']
-  assert [epoch for epoch, _ in recorder.logs] == [0, 1]
+  assert [epoch for epoch, _ in recorder.logs] == [0, 1, 2]
   for epoch, logs in recorder.logs:
     assert logs['elbo'] == history['elbo'][epoch]
     assert logs['noise_variance'] == history['noise_variance'][epoch]
     assert logs['extra'] == 2.0 * history['elbo'][epoch]
     assert 'points' not in logs  # the last batch's progress, replaced
+    assert 'round' not in logs
+
+
+def test_refinement_rounds_stop_when_converged_or_told(monkeypatch):
+  from tfp_esc.inference.incremental_em import IncrementalEMTrainer  # pylint: disable=import-outside-toplevel
+  x = make_bars(256, seed=2).x
+  options = dict(INCREMENTAL, epochs=1, refine_rounds=3, verbose=0)
+  # Told: a callback that stops after the epoch and one round ends the
+  # rounds there.
+  recorder = _recorder()(stop_after=2)
+  told = fit_em(x, 10, callbacks=[recorder], **options)
+  assert told.history['phase'] == ['em', 'refine']
+  assert [epoch for epoch, _ in recorder.logs] == [0, 1]
+  # Converged: a round that found no higher ELBO is the last (the next
+  # would repeat it); here the second round is made to report that.
+  original = IncrementalEMTrainer.run_refinement_round
+
+  def converging(trainer):
+    record = original(trainer)
+    trainer.refine_converged = trainer.refine_round == 2
+    return record
+
+  monkeypatch.setattr(IncrementalEMTrainer, 'run_refinement_round',
+                      converging)
+  recorder = _recorder()()
+  converged = fit_em(x, 10, callbacks=[recorder], **options)
+  assert converged.history['phase'] == ['em', 'refine', 'refine']
+  assert [epoch for epoch, _ in recorder.logs] == [0, 1, 2]
+  assert converged.history['elbo'][:2] == told.history['elbo']
 
 
 def test_early_stopping_ends_the_epochs_and_a_resume_stops_there_too(
@@ -222,14 +252,19 @@ def test_early_stopping_ends_the_epochs_and_a_resume_stops_there_too(
 def test_tensorboard_logs_the_epochs(tmp_path):
   pytest.importorskip('tensorboard')
   x = make_bars(256, seed=2).x
-  fit_em(x, 10, epochs=2, refine_rounds=0, verbose=0,
-         tensorboard_dir=str(tmp_path / 'tb'), **INCREMENTAL)
+  result = fit_em(x, 10, epochs=2, refine_rounds=1, verbose=0,
+                  tensorboard_dir=str(tmp_path / 'tb'), **INCREMENTAL)
   events = list((tmp_path / 'tb').rglob('events.out.tfevents.*'))
   assert events
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
   logged = event_accumulator.EventAccumulator(str(events[0].parent))
   logged.Reload()
-  assert 'epoch_elbo' in logged.Tags()['tensors'] + logged.Tags()['scalars']
+  assert 'epoch_elbo' in logged.Tags()['tensors']
+  # The two epochs and the refinement round, as steps 0, 1, 2.
+  elbos = {event.step: float(tf.make_ndarray(event.tensor_proto))
+           for event in logged.Tensors('epoch_elbo')}
+  assert elbos == pytest.approx(dict(enumerate(result.history['elbo'])),
+                                rel=1e-6)
 
 
 @pytest.mark.parametrize('kwargs,match,error', [

@@ -36,8 +36,21 @@ TensorBoard, early stopping and any user callback see each epoch's full-data
 record. Both trainers keep their state in NumPy and compile their own steps,
 so the step runs eagerly and Keras only drives the loop; `run_epoch` makes
 the same calls in a plain loop, and the two give the same result bit for bit
-(tests). The refinement rounds (L-BFGS on the profile ELBO) come after the
-epochs, outside `fit`.
+(tests). Driving the loop costs Keras 2% per epoch against the plain loop
+(`benchmarks/results/em_keras_driver_2026-12-01_s14.md`: 1.183 against
+1.157 s per epoch, 8,192 patches, H = 64). The per-point posteriors stay
+NumPy arrays (not Keras variables) because they are as large as the data
+(the paper's size: 204,800 x 2 x H) and only a batch of them is ever on
+the device; the compiled work is the trainer's, so a compiled Keras step
+would only wrap it.
+
+The refinement rounds (L-BFGS on the profile ELBO) run after the epochs by
+a second `keras.Model.fit` (`_RefinementRounds`), one epoch of one step per
+round, numbered on from the epochs: the same callbacks, TensorBoard logs,
+checkpoints and progress bar see them. `early_stopping_patience` ends the
+epochs only; the rounds stop at `refine_rounds`, after a round that found
+no higher ELBO (the next would repeat it), or when a callback sets
+`model.stop_training`.
 """
 
 import dataclasses
@@ -633,17 +646,21 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
       metrics it returns are appended to the history under their keys (e.g.
       a Gini index).
     callbacks: optional list of `keras.callbacks.Callback`, called by the
-      `keras.Model.fit` that runs the EM epochs (module doc, "Keras"). Their
-      epoch logs hold the epoch's record (its numbers: 'elbo', the
-      entropies, 'noise_variance', the coefficients, 'seconds', and what
-      `on_epoch_end` returned), after the checkpoint is written; a callback
-      that sets `model.stop_training` ends the epochs (the refinement
-      rounds still run). Their own state (e.g. Keras' `EarlyStopping`
-      counter) is not in the checkpoint; `early_stopping_patience` is.
-    verbose: Keras' progress bar over each epoch's batches: 0 none, 1 a
-      bar, 2 a line per epoch.
-    tensorboard_dir: optional TensorBoard log folder (the epoch logs; needs
-      the extra "tfp_esc[tensorboard]", else a warning and no logs).
+      `keras.Model.fit` that runs the EM epochs and by the one that runs
+      the refinement rounds after them (module doc, "Keras"; round r is
+      epoch `epochs_done + r`). Their epoch logs hold the epoch's or
+      round's record (its numbers: 'elbo', the entropies, 'noise_variance',
+      the coefficients, 'seconds', and what `on_epoch_end` returned), after
+      the checkpoint is written; a callback that sets `model.stop_training`
+      ends the epochs (the refinement rounds still run), or, in a round,
+      the rounds. Their own state (e.g. Keras' `EarlyStopping` counter) is
+      not in the checkpoint, and each of the two fits begins it afresh;
+      `early_stopping_patience` is in the checkpoint.
+    verbose: Keras' progress bar over each epoch's batches (and the
+      rounds): 0 none, 1 a bar, 2 a line per epoch.
+    tensorboard_dir: optional TensorBoard log folder (the epoch and round
+      logs; needs the extra "tfp_esc[tensorboard]", else a warning and no
+      logs).
     early_stopping_patience: optional P >= 1: end the epochs early once the
       full-data ELBO has not risen by more than `early_stopping_min_delta`
       (>= 0) for P non-annealed epochs (`elbo_has_stalled`, which reads the
@@ -732,9 +749,12 @@ def fit_em(x, num_latents, *, engine='incremental', epochs=10,
     extra += tensorboard_callbacks(tensorboard_dir)
     fit_epochs(trainer, int(epochs), [_EpochCallback(trainer, finish)]
                + extra + callbacks, verbose)
-  while (getattr(trainer, 'refine_round', 0) < int(refine_rounds)
-         and not getattr(trainer, 'refine_converged', False)):
-    finish(trainer.run_refinement_round())
+  if (getattr(trainer, 'refine_round', 0) < int(refine_rounds)
+      and not getattr(trainer, 'refine_converged', False)):
+    rounds = _RefinementRounds(trainer)
+    fit_epochs(rounds, trainer.epoch + int(refine_rounds),
+               [_EpochCallback(rounds, finish)]
+               + tensorboard_callbacks(tensorboard_dir) + callbacks, verbose)
   return EMResult(dictionary=trainer.dictionary, params=trainer.params,
                   history=trainer.history)
 
@@ -821,6 +841,50 @@ class _EpochCallback(keras.callbacks.Callback):
       logs.update({k: float(v) for k, v in record.items()
                    if k != 'epoch' and isinstance(v, (int, float, np.number))
                    and not isinstance(v, bool)})
+    if getattr(self.trainer, 'finished', False):
+      self.model.stop_training = True
+
+
+class _RefinementRounds:
+  """An incremental trainer's refinement rounds as epochs for `fit_epochs`.
+
+  Round r is Keras epoch `trainer.epoch + r` (the number its record
+  carries), of one step: that step (`visit`) runs
+  `trainer.run_refinement_round()`, and `end_epoch` returns its record. So
+  the rounds reach the same callbacks, TensorBoard logs and progress bar as
+  the epochs, numbered on from them. `finished` turns true once a round has
+  found no higher ELBO (`refine_converged`): the next round would repeat it,
+  so `_EpochCallback` stops the fit there.
+  """
+
+  batch_size = 1
+
+  def __init__(self, trainer):
+    self.trainer, self._record = trainer, None
+
+  @property
+  def epoch(self):
+    return self.trainer.epoch + self.trainer.refine_round
+
+  @property
+  def finished(self):
+    return self.trainer.refine_converged
+
+  def epoch_batches(self, epoch):
+    del epoch
+    return [np.zeros([1], np.int64)]
+
+  def begin_epoch(self):
+    self._record = None
+
+  def visit(self, indices):
+    del indices
+    self._record = self.trainer.run_refinement_round()
+    return {'round': self.trainer.refine_round}
+
+  def end_epoch(self):
+    record, self._record = epoch_under_way(self._record), None
+    return record
 
 
 def fit_epochs(trainer, epochs, callbacks, verbose=0):
