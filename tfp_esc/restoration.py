@@ -92,12 +92,15 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    a + s, which treats the restored pixel as one window's estimate drawn at
    random and covered too much where the windows agree (denoising,
    coverage of 95% intervals overall / surer half / less sure half, the
-   mixture -> this: coffee 0.978/0.995/0.960 -> 0.958/0.983/0.933, chelsea
+   mixture -> this: coffee 0.978/0.995/0.960 -> 0.958/0.983/0.932, chelsea
    0.937/0.927/0.946 -> 0.914/0.902/0.925, and on two photographs not used
    to choose it, rocket 0.991/0.999/0.984 -> 0.986/0.995/0.978, coins
-   0.936/0.979/0.893 -> 0.907/0.964/0.850; without the box average the
-   rank correlation of std and error fell, coffee 0.45 -> 0.28; without
-   tau_n^2 (step 4c) coffee covered 0.90, coins 0.81). Missing pixels keep
+   0.936/0.979/0.893 -> 0.907/0.964/0.850; rank correlation of std and
+   error: coffee 0.45 -> 0.38 (0.28 without the box average), chelsea
+   0.16 -> 0.19, rocket 0.38 -> 0.28, coins 0.51 -> 0.49; without
+   tau_n^2 (step 4c) coffee covered 0.90, coins 0.81). Rocket still
+   over-covers because its single windows do: their squared errors are
+   0.53 of their variances. Missing pixels keep
    the mixture: their windows are not calibrated (step 4c), and a - s
    covered 0.75 of coffee's missing pixels. The product's own variance
    1 / sum_k (1 / v_k) (independent windows) is far too confident
