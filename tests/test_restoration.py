@@ -87,9 +87,10 @@ def test_window_counts():
 
 
 def test_observed_pixels_get_the_variance_of_the_mean():
-  """a max(1 - box_3(s / a), 1 / k), with a = sum pi v and s the windows'
-  weighted spread at each pixel (step 5); the box at (2, 2) of a 6 x 5
-  image is the 3 x 3 block of pixels (1..3, 1..3), all interior."""
+  """a max(1 - box(s / a), 1 / k), with a = sum pi v and s the windows'
+  weighted spread at each pixel (step 5); for 3 x 3 windows the box at
+  (2, 2) of a 6 x 5 image is the 5 x 5 block of pixels (0..4, 0..4), all
+  inside the image."""
   rng = np.random.default_rng(8)
   means, variances = rng.normal(size=(12, 9)), rng.uniform(0.1, 1, (12, 9))
   # Nearly equal means: the spread is small and the floor 1 / k idle.
@@ -108,7 +109,7 @@ def test_observed_pixels_get_the_variance_of_the_mean():
       pi = (1 / v) / np.sum(1 / v)
       averages[r, c] = np.sum(pi * v)
       ratios[r, c] = np.sum(pi * (mu - np.sum(pi * mu))**2) / averages[r, c]
-  want = averages[2, 2] * (1 - np.mean(ratios[1:4, 1:4]))
+  want = averages[2, 2] * (1 - np.mean(ratios[0:5, 0:5]))
   assert want > averages[2, 2] / 9
   np.testing.assert_allclose(variance[2, 2], want, rtol=1e-12)
   # Windows that disagree wildly: the floor, k independent windows.
@@ -128,8 +129,8 @@ def test_the_variance_of_the_mean_is_its_error_variance(shared):
   must not. With independent windows (shared = 0) the truth is the floor
   1 / k itself, so the box-averaged estimate's own noise only lifts it:
   there the variance is conservative, between the truth and twice it
-  (here 1.5 times: 4 x 4 windows and boxes; at p = 8 the box is 4 times
-  larger)."""
+  (here 1.3 times: 4 x 4 windows, 7 x 7 boxes; at p = 8 the box holds 4.6
+  times as many pixels)."""
   rng = np.random.default_rng(9)
   size, p = 120, 4
   clean = rng.random((size, size))
