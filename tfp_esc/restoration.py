@@ -124,6 +124,20 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
 Also measured, not adopted (denoising PSNR against the defaults above on
 benchmarks/restoration.py's photographs chelsea, coffee, rocket, coins,
 noise std 0.1; coverage as in step 5):
+- Not yet adopted, the most promising: a dictionary per patch class.
+  Learn sigma^2 as in steps 2-3; split the patches into 8 classes by
+  k-means (scikit-learn's MiniBatchKMeans) on the centred noisy patches
+  scaled to unit norm; learn 16 atoms per class (masked EM, sigma^2 held,
+  on up to 8192 of the class's patches); restore each patch with its
+  class's dictionary (step 4, c_n rounds as they are) and combine as in
+  step 5. +0.09, +0.63, +0.01, +0.56 dB: coins reaches NL-means (-0.02)
+  and coffee comes within 0.20 dB of it. But the error bars become too
+  sure (chelsea 0.891 overall, coins' less sure half 0.834; coffee and
+  rocket stay as they were), and a probe that learns the 8 classes one
+  after another took 130-190 s. With the classes' training patches drawn
+  from the 8192 of step 2 (about 1000 per class): +0.05, +0.56, +0.11,
+  +0.48 dB, chelsea 0.871. With 4 classes drawn so: +0.02, +0.29, +0.09,
+  +0.29 dB, chelsea 0.899, coins' less sure half 0.845.
 - Non-local prior scales, borrowing strength from similar patches as
   self-similarity methods do: each patch's 16 most similar windows within
   +-7 pixels (centred distance), and in every scale round a prior scale per
