@@ -262,9 +262,12 @@ def test_inpainting_keeps_exact_pixels_and_fills_the_rest():
   clean = _scene(seed=2)
   observed = np.random.default_rng(3).random(clean.shape) >= 0.5
   damaged = np.where(observed, clean, np.nan)
+  # One dictionary: the per-patch misfits of step 4b are what is tested
+  # (patch classes give the square's edges a dictionary of their own).
   result = restoration.restore_image(damaged, observed=observed, noise_std=0,
                                      patch_size=6, num_latents=9,
-                                     num_train_patches=1225, iterations=15)
+                                     num_train_patches=1225, iterations=15,
+                                     num_classes=1)
   np.testing.assert_array_equal(result.restored[observed], clean[observed])
   assert np.all(result.uncertainty[observed] == 0)
   missing = ~observed
@@ -328,6 +331,75 @@ def test_a_second_image_reuses_the_compiled_steps_and_not_the_data():
   assert reused.history == fresh.history
 
 
+def test_error_variance_of_either_agrees_with_monte_carlo():
+  rng = np.random.default_rng(7)
+  mean, other = rng.normal(size=5), rng.normal(size=5)
+  variance, other_variance = rng.uniform(0.1, 2, 5), rng.uniform(0.1, 2, 5)
+  num = 400_000
+  first = rng.random((num, 5)) < 0.5
+  draws = np.where(first, mean + np.sqrt(variance) * rng.normal(size=(num, 5)),
+                   other + np.sqrt(other_variance)
+                   * rng.normal(size=(num, 5)))
+  squared = np.square(mean - draws)
+  standard_error = squared.std(0) / np.sqrt(num)
+  got = restoration.error_variance_of_either(mean, variance, other,
+                                             other_variance)
+  np.testing.assert_array_less(np.abs(got - squared.mean(0)),
+                               4 * standard_error)
+  # Two equal models: the model's own variance.
+  np.testing.assert_allclose(
+      restoration.error_variance_of_either(mean, variance, mean, variance),
+      variance, rtol=1e-15)
+
+
+@pytest.mark.parametrize('exact', [False, True])
+def test_window_posteriors_by_class_equal_one_dictionary(exact):
+  # K copies of one dictionary, patches in shuffled classes spanning several
+  # chunks: every window's posterior must equal the one-dictionary result
+  # (the classes' chunks are scattered back to the patches' order).
+  image = _scene(60, seed=3)
+  rng = np.random.default_rng(5)
+  observed = rng.random(image.shape) >= (0.4 if exact else 0.0)
+  patches = restoration.image_to_patches(np.where(observed, image, 0), 4)
+  masks = restoration.image_to_patches(observed, 4).astype(np.float64)
+  seen = masks.sum(1, keepdims=True)
+  centred = masks * (patches - patches.sum(1, keepdims=True)
+                     / np.maximum(seen, 1))
+  w = np.linalg.qr(rng.normal(size=(16, 4)))[0]
+  lam = rng.uniform(0.05, 0.2, 4)
+  kwargs = dict(noise_variance=0.01, pixel_variance=0.011, exact=exact,
+                iterations=5, scale_rounds=2, progress=False)
+  one = restoration._window_posteriors(
+      centred, masks, seen, w[None], lam[None],
+      np.zeros(len(centred), np.int64), **kwargs)
+  labels = rng.integers(0, 3, len(centred))
+  assert len(centred) > restoration._CHUNK
+  three = restoration._window_posteriors(
+      centred, masks, seen, np.stack([w] * 3), np.stack([lam] * 3), labels,
+      **kwargs)
+  for got, want in zip(three, one):
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
+
+
+def test_patch_classes():
+  clean = _scene(40, seed=4)
+  noisy = clean + 0.05 * np.random.default_rng(6).standard_normal(clean.shape)
+  kwargs = dict(patch_size=4, num_latents=4, iterations=3, scale_rounds=1)
+  single = restoration.restore_image(noisy, num_classes=1, **kwargs)
+  np.testing.assert_array_equal(single.class_dictionaries,
+                                single.dictionary[None])
+  assert not single.patch_classes.any()
+  result = restoration.restore_image(noisy, num_classes=3, **kwargs)
+  assert result.class_dictionaries.shape == (3, 16, 4)
+  assert set(np.unique(result.patch_classes)) == {0, 1, 2}
+  np.testing.assert_allclose(
+      np.linalg.norm(result.class_dictionaries, axis=1), 1.0, rtol=1e-12)
+  # The classes learn different atoms, and sigma^2 is step 2's.
+  assert not np.allclose(result.class_dictionaries[0],
+                         result.class_dictionaries[1])
+  assert result.noise_std == single.noise_std
+
+
 @pytest.mark.parametrize('kwargs, error, message', [
     (dict(image=np.zeros((4, 5, 3))), ValueError, 'grey 2-D'),
     (dict(observed=np.ones((5, 5), bool)), ValueError, 'mask has shape'),
@@ -340,6 +412,8 @@ def test_a_second_image_reuses_the_compiled_steps_and_not_the_data():
     (dict(num_latents=0), ValueError, 'num_latents'),
     (dict(patch_size=4.0), TypeError, 'patch_size'),
     (dict(scale_rounds=-1), ValueError, 'scale_rounds'),
+    (dict(num_classes=0), ValueError, 'num_classes'),
+    (dict(num_classes=5000), ValueError, 'num_classes'),
     (dict(image='photo.png'), TypeError, 'image'),
 ])
 def test_bad_input_is_refused_before_work(kwargs, error, message):

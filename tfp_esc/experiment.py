@@ -645,6 +645,7 @@ class RestorationConfig:
     iterations: masked-EM iterations.
     e_step_iterations: E-step iterations of the final pass over every patch.
     scale_rounds: rounds of per-patch prior scales (0: one lambda for all).
+    num_classes: patch classes with a dictionary each (1: one dictionary).
     seed: seeds the patch subset.
     dtype: 'float64' or 'float32'.
   """
@@ -658,6 +659,7 @@ class RestorationConfig:
   iterations: int = _field(20, minimum=1)
   e_step_iterations: int = _field(30, minimum=1)
   scale_rounds: int = _field(10, minimum=0)
+  num_classes: int = _field(8, minimum=1)
   seed: int = _field(0, minimum=0)
   dtype: str = _field('float64', choices=DTYPES)
 
@@ -711,7 +713,8 @@ def restore(config, workdir):
       num_train_patches=config.num_train_patches,
       iterations=config.iterations,
       e_step_iterations=config.e_step_iterations,
-      scale_rounds=config.scale_rounds, seed=config.seed,
+      scale_rounds=config.scale_rounds, num_classes=config.num_classes,
+      seed=config.seed,
       dtype=config.dtype, progress=True)
   metrics_ = {'noise_std': result.noise_std,
               'noise_learned': result.noise_learned,

@@ -18,6 +18,25 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    atoms (H = 16 for 8 x 8) the learned noise is within a few percent of
    the truth, and the ELBO itself prefers the small dictionaries. Hence
    the default `num_latents = p^2 / 4`.
+2b. A dictionary per patch class (`num_classes`, default 8). One dictionary
+   of 16 atoms is a compromise between smooth regions, edges and texture,
+   and its bias on edges and texture is what limited the PSNR (more atoms
+   learn part of the noise, step 2). So the patches are split into K
+   classes by k-means (scikit-learn's MiniBatchKMeans, fitted on step 2's
+   training patches) on the centred patches scaled to unit norm (their
+   shape, not their contrast), and each class learns its own H atoms by
+   masked EM with sigma^2 held at step 3's value, on 2048 of its patches
+   (drawn with replacement where a class has fewer: one shape, one
+   compilation). Each patch is restored (step 4) with its class's
+   dictionary. Measured (benchmarks/restoration.py, denoising, K = 8
+   against one dictionary; probes with other choices in "Also measured"
+   below): chelsea +0.08, coffee +0.65, rocket +0.10, coins +0.55 dB;
+   inpainting chelsea +0.11, coffee +0.09 dB. Classing on the global
+   dictionary's posterior means instead of the noisy patches: the same
+   within 0.02 dB (chelsea). The restoration takes about 1.5 to 2 times as
+   long (benchmarks/restoration.py, denoising coffee 25 -> 42 s, coins
+   23 -> 45 s; the whole script command on coffee 37 -> 80 s wall, within
+   issue 10's 90 s).
 3. Noise: sigma^2* is the mean squared residual per observed pixel of the
    *centred* patches, whose noise variance is sigma_pix^2 (1 - 1/|m_n|), so
    the reported noise std is sqrt(sigma^2* / mean_n(1 - 1/|m_n|)). With
@@ -121,24 +140,39 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    1 / sum_k (1 / v_k) (independent windows) is far too confident
    (about 20% coverage).
 
+5b. Error bars with patch classes. The class dictionaries fit their noisy
+   patches more closely than they fit the clean ones: a window's squared
+   error grew (chelsea 16.1 -> 17.6 e-4 per pixel) while its variance
+   fell (18.5 -> 17.9 e-4), and the combined error bars were too sure
+   (coverage of 95% intervals chelsea 0.880 overall, coins' less sure half
+   0.821). Which of the two models (the whole image's dictionary, step 2,
+   or the class's) describes a patch is itself uncertain, so each window's
+   variance is the error variance of its class estimate m_c when the clean
+   patch is equally likely drawn from either model's posterior,
+   N(m_c, v_c) or N(m_g, v_g): (v_c + v_g + (m_c - m_g)^2) / 2
+   (`error_variance_of_either`), and step 5 combines those. The restored
+   image stays the precision-weighted mean of the class estimates with
+   their own variances (weights from the mixture variances: coffee -0.14,
+   coins -0.07 dB). Measured: coverage overall / surer half / less sure
+   half chelsea 0.917 / 0.905 / 0.929, coffee 0.971 / 0.987 / 0.954,
+   coins 0.929 / 0.968 / 0.890 (all in their bands), rocket 0.990 / 0.997
+   / 0.983 (over-covers, as with one dictionary: 0.987). It costs a
+   second posterior pass (the whole image's dictionary). Using the average
+   of the two estimates instead of m_c (Bayesian model averaging):
+   coffee -0.33, coins -0.25 dB. The weights 1/2 were not tuned; the
+   disagreement alone, (m_c - m_g)^2 added to v_c, over-covered (chelsea
+   0.923).
+
 Also measured, not adopted (denoising PSNR against the defaults above on
 benchmarks/restoration.py's photographs chelsea, coffee, rocket, coins,
 noise std 0.1; coverage as in step 5):
-- Not yet adopted, the most promising: a dictionary per patch class.
-  Learn sigma^2 as in steps 2-3; split the patches into 8 classes by
-  k-means (scikit-learn's MiniBatchKMeans) on the centred noisy patches
-  scaled to unit norm; learn 16 atoms per class (masked EM, sigma^2 held,
-  on up to 8192 of the class's patches); restore each patch with its
-  class's dictionary (step 4, c_n rounds as they are) and combine as in
-  step 5. +0.09, +0.63, +0.01, +0.56 dB: coins reaches NL-means (-0.02)
-  and coffee comes within 0.20 dB of it. But the error bars become too
-  sure (chelsea 0.891 overall, coins' less sure half 0.834; coffee's
-  0.948 / 0.973 / 0.924 stays in its bands, rocket's 0.981 / 0.993 / 0.969
-  comes nearer them), and a probe that learns the 8 classes one after
-  another took 127-187 s. With the classes' training patches drawn
-  from the 8192 of step 2 (about 1000 per class): +0.05, +0.56, +0.11,
-  +0.48 dB, chelsea 0.871. With 4 classes drawn so: +0.02, +0.29, +0.09,
-  +0.29 dB, chelsea 0.899, coins' less sure half 0.845.
+- Patch classes (step 2b) as first probed (session 20): the classes'
+  training patches up to 8192 each, error bars from the class estimates
+  alone: +0.09, +0.63, +0.01, +0.56 dB, but chelsea covered 0.891 and
+  coins' less sure half 0.834, in 127-187 s per image (8 compilations).
+  With up to 2048 each, one compilation, no step 5b: chelsea +0.08,
+  coffee +0.65 dB, chelsea covered 0.880. 4 classes so: chelsea +0.02,
+  coffee +0.31 dB, chelsea 0.900.
 - Non-local prior scales, borrowing strength from similar patches as
   self-similarity methods do: each patch's 16 most similar windows within
   +-7 pixels (centred distance), and in every scale round a prior scale per
@@ -176,11 +210,12 @@ noise std 0.1; coverage as in step 5):
   +0.02, -0.16); p = 10: +0.01, -0.10 dB at about twice the time; p = 12
   (H = 24): -0.13, -0.62 dB.
 
-Compilation: the masked-EM iteration and the posterior step (one with and
-one without per-patch misfits) are each compiled (XLA) once per process and
-image shape, with every value an argument, so a second restoration of an
-image of the same size (another image, or inpainting after denoising) skips
-the compilation.
+Compilation: the masked-EM iteration (for step 2's training patches and
+for the classes' 2048) and the posterior step (one with and one without
+per-patch misfits, on chunks of 2048 patches whatever the dictionary) are
+each compiled (XLA) once per process and shape, with every value an
+argument, so a second restoration of an image of the same size (another
+image, or inpainting after denoising) skips the compilation.
 
 Shapes: images `[rows, cols]` float in [0, 1] (values far outside refused);
 masks `[rows, cols]` bool with true = observed (the library's convention;
@@ -196,6 +231,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from scipy import ndimage
+from sklearn import cluster
 from skimage.metrics import peak_signal_noise_ratio
 from sklearn.feature_extraction.image import reconstruct_from_patches_2d
 
@@ -220,7 +256,10 @@ __all__ = [
 
 # Pixel values accepted as an image in [0, 1] (noise pushes them out a bit).
 _VALUE_RANGE = (-1.0, 2.0)
-_CHUNK = 8192
+# Patches per compiled posterior step (the last chunk of a class padded).
+_CHUNK = 2048
+# Training patches per class (step 2b).
+_CLASS_TRAIN_PATCHES = 2048
 # Per-patch prior scales (module doc, step 4): E-step iterations per round,
 # and the smallest c_n (a patch of pure noise drives c_n* down slowly but
 # without end; 1e-3 of lambda is far below any structure).
@@ -242,7 +281,12 @@ class RestorationResult:
     model_noise_std: float, the per-pixel std of the model's sigma^2 (equal
       to noise_std unless noise_std = 0 was given).
     noise_learned: bool.
-    dictionary: `[p^2, H]` the learned unit-norm atoms.
+    dictionary: `[p^2, H]` the unit-norm atoms learned on the whole image
+      (step 2).
+    class_dictionaries: `[K, p^2, H]` the atoms of each patch class (step
+      2b); `dictionary[None]` when num_classes = 1.
+    patch_classes: `[N]` int64, each patch's class (index into
+      class_dictionaries), patches in `image_to_patches` order.
     history: dict of lists from the masked EM ('elbo', 'noise_variance').
     patch_scales: `[N]` the per-patch prior scales c_n (module doc, step 4),
       patches in `image_to_patches` order.
@@ -257,6 +301,8 @@ class RestorationResult:
   model_noise_std: float
   noise_learned: bool
   dictionary: np.ndarray
+  class_dictionaries: np.ndarray
+  patch_classes: np.ndarray
   history: dict
   patch_scales: np.ndarray
   patch_noise_std: np.ndarray
@@ -396,7 +442,7 @@ def interval_coverage(estimate, stddev, clean, pixels=None, z=1.959964):
 
 
 def _check_image(image, observed, noise_std, patch_size, num_latents,
-                 scale_rounds):
+                 scale_rounds, num_classes):
   if not isinstance(image, np.ndarray) and not hasattr(image, '__array__'):
     raise TypeError(f'image must be an array, got {type(image).__name__}.')
   image = np.asarray(image)
@@ -407,6 +453,7 @@ def _check_image(image, observed, noise_std, patch_size, num_latents,
                      f'shape {image.shape}.')
   _checks.check_count(patch_size, 'patch_size', 2, min(image.shape))
   _checks.check_count(scale_rounds, 'scale_rounds', 0)
+  _checks.check_count(num_classes, 'num_classes')
   if num_latents is not None:
     _checks.check_count(num_latents, 'num_latents')
   observed = _checks.check_mask(observed, image.shape, like='image')
@@ -430,8 +477,8 @@ def _check_image(image, observed, noise_std, patch_size, num_latents,
 
 def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
                   num_latents=None, num_train_patches=8192, iterations=20,
-                  e_step_iterations=30, scale_rounds=10, seed=0,
-                  dtype='float64', progress=False):
+                  e_step_iterations=30, scale_rounds=10, num_classes=8,
+                  seed=0, dtype='float64', progress=False):
   """Denoises and/or inpaints a grey image; returns means and error bars.
 
   Args:
@@ -457,6 +504,9 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
       every patch (lambda, sigma^2 held at the learned values).
     scale_rounds: rounds of per-patch prior scales (module doc, step 4);
       0 for none (one lambda for every patch).
+    num_classes: K, patch classes with a dictionary each (module doc,
+      steps 2b and 5b); 1 for one dictionary for the whole image. At most
+      the number of training patches.
     seed: seeds the patch subset.
     dtype: 'float32' or 'float64', the computation's dtype.
     progress: show a Keras progress bar over the final E-step.
@@ -469,7 +519,7 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
   """
   start = time.perf_counter()
   image, observed = _check_image(image, observed, noise_std, patch_size,
-                                 num_latents, scale_rounds)
+                                 num_latents, scale_rounds, num_classes)
   if dtype not in ('float32', 'float64'):
     raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}.")
   num_latents = num_latents or max(1, patch_size * patch_size // 4)
@@ -489,6 +539,9 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
   subset = np.sort(rng.choice(candidates, min(num_train_patches,
                                               len(candidates)),
                               replace=False))
+  if num_classes > len(subset):
+    raise ValueError(f'num_classes must be at most the number of training '
+                     f'patches ({len(subset)}), got {num_classes}.')
   exact = noise_std is not None and noise_std == 0
   fixed_noise = (None if noise_std is None or exact
                  else noise_std**2 * shrink)
@@ -502,24 +555,31 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
 
   # The E-step divides by sigma^2 (an exact fit could learn 0).
   positive_noise = max(noise_variance, 1e-300)
-  loc, scale, patch_scales, patch_noise, misfit = _posteriors(
-      centred, masks, w, learned.scales, positive_noise, e_step_iterations,
-      scale_rounds, exact, progress)
-  # Per pixel, as pixel_variance is to sigma^2 (step 3): [N, 1].
-  patch_pixel_noise = (patch_noise
-                       * (pixel_variance / positive_noise))[:, None]
-  estimates = loc @ w.T + means                                     # [N, D]
-  variances = (np.square(scale) @ np.square(w).T
-               + patch_pixel_noise / np.maximum(num_seen, 1))
-  if exact:
-    # Missing: posterior predictive of the pixel itself, W z + e,
-    # e ~ N(0, sigma_n^2) (the patch's misfit), in every window (step 4b).
-    variances = variances + patch_pixel_noise
+  window = functools.partial(
+      _window_posteriors, centred, masks, num_seen,
+      noise_variance=positive_noise, pixel_variance=pixel_variance,
+      exact=exact, iterations=e_step_iterations, scale_rounds=scale_rounds,
+      progress=progress)
+  labels = np.zeros(len(centred), np.int64)
+  estimates, variances, patch_scales, patch_pixel_noise = window(
+      w[None], learned.scales[None], labels)
+  dictionaries = w[None]
+  if num_classes == 1:
+    restored, variance = combine_posteriors(estimates + means, variances,
+                                            image.shape, patch_size, observed)
   else:
-    # The patch's misfit beyond the noise (step 4c).
-    variances = variances + np.maximum(misfit - noise_variance, 0.0)[:, None]
-  restored, variance = combine_posteriors(estimates, variances, image.shape,
-                                          patch_size, observed)
+    # Step 2b: a dictionary per patch class; step 5b: their error bars.
+    labels, dictionaries, scales = _class_dictionaries(
+        centred, masks, subset, num_classes, num_latents, positive_noise,
+        iterations, seed, (w, learned.scales))
+    own, own_variances, patch_scales, patch_pixel_noise = window(
+        dictionaries, scales, labels)
+    restored, _ = combine_posteriors(own + means, own_variances,
+                                     image.shape, patch_size, observed)
+    _, variance = combine_posteriors(
+        own + means,
+        error_variance_of_either(own, own_variances, estimates, variances),
+        image.shape, patch_size, observed)
   if exact:
     # Observed: known exactly.
     restored = np.where(observed, image, restored)
@@ -533,18 +593,137 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
       noise_std=0.0 if exact else float(np.sqrt(pixel_variance)),
       model_noise_std=float(np.sqrt(pixel_variance)),
       noise_learned=noise_std is None, dictionary=w,
+      class_dictionaries=dictionaries, patch_classes=labels,
       history=learned.history, patch_scales=patch_scales,
       patch_noise_std=np.sqrt(patch_pixel_noise[:, 0]), seconds=seconds)
 
 
-def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
-                scale_rounds, patch_noise, progress):
+def _window_posteriors(centred, masks, num_seen, dictionaries, scales,
+                       labels, *, noise_variance, pixel_variance, exact,
+                       iterations, scale_rounds, progress):
+  """Each window's posterior mean and variance of its patch (steps 4-4c).
+
+  Args:
+    centred, masks: `[N, D]` centred patches and their 0/1 masks.
+    num_seen: `[N, 1]` observed pixels per patch.
+    dictionaries: `[K, D, H]`; scales: `[K, H]`; labels: `[N]` int, the
+      dictionary of each patch.
+    noise_variance: sigma^2 of the centred pixels (> 0); pixel_variance:
+      the per-pixel noise variance it stands for (step 3).
+    exact, iterations, scale_rounds, progress: as in `restore_image`.
+
+  Returns:
+    (estimates `[N, D]` of the centred patch (add the patch means),
+    variances `[N, D]`, patch scales c `[N]`, per-pixel patch noise
+    variances `[N, 1]`), float64.
+  """
+  loc, scale, patch_scales, patch_noise, misfit = _posteriors(
+      centred, masks, dictionaries, scales, labels, noise_variance,
+      iterations, scale_rounds, exact, progress)
+  # Per pixel, as pixel_variance is to sigma^2 (step 3): [N, 1].
+  patch_pixel_noise = (patch_noise
+                       * (pixel_variance / noise_variance))[:, None]
+  estimates = np.empty(centred.shape, np.float64)
+  variances = np.empty_like(estimates)
+  for k, atoms in enumerate(dictionaries):
+    rows = labels == k
+    estimates[rows] = loc[rows] @ atoms.T
+    variances[rows] = np.square(scale[rows]) @ np.square(atoms).T
+  # The noise of the patch mean (step 4).
+  variances += patch_pixel_noise / np.maximum(num_seen, 1)
+  if exact:
+    # Missing: posterior predictive of the pixel itself, W z + e,
+    # e ~ N(0, sigma_n^2) (the patch's misfit), in every window (step 4b).
+    variances += patch_pixel_noise
+  else:
+    # The patch's misfit beyond the noise (step 4c).
+    variances += np.maximum(misfit - noise_variance, 0.0)[:, None]
+  return estimates, variances, patch_scales, patch_pixel_noise
+
+
+def error_variance_of_either(mean, variance, other_mean, other_variance):
+  """E (mean - x)^2 when x is equally likely drawn from either of two models.
+
+  With x ~ (1/2) N(mean, variance) + (1/2) N(other_mean, other_variance):
+  E (mean - x)^2 = (variance + other_variance + (mean - other_mean)^2) / 2
+  (module doc, step 5b).
+
+  Args:
+    mean, variance, other_mean, other_variance: broadcastable float arrays,
+      variances >= 0.
+
+  Returns:
+    float64 array of the broadcast shape.
+  """
+  mean, other_mean = np.asarray(mean, np.float64), np.asarray(other_mean,
+                                                              np.float64)
+  return 0.5 * (np.asarray(variance, np.float64) + other_variance
+                + np.square(mean - other_mean))
+
+
+def _class_dictionaries(x, masks, subset, num_classes, num_latents,
+                        noise_variance, iterations, seed, fallback):
+  """Patch classes and a dictionary per class (module doc, step 2b).
+
+  Args:
+    x, masks: `[N, D]` centred patches (0 where missing) and 0/1 masks.
+    subset: `[M]` indices of step 2's training patches (k-means is fitted
+      on them).
+    num_classes: K; num_latents: H; noise_variance: sigma^2, held;
+    iterations: masked-EM iterations per class; seed: seeds k-means and the
+      classes' training patches.
+    fallback: (W `[D, H]`, lambda `[H]`), step 2's dictionary, for a class
+      with nothing to learn (no patches, or only flat ones).
+
+  Returns:
+    (labels `[N]` int64, dictionaries `[K, D, H]`, scales `[K, H]`).
+  """
+  # The shape of a patch, not its contrast, decides its class.
+  features = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  kmeans = cluster.MiniBatchKMeans(num_classes, random_state=seed, n_init=3)
+  kmeans.fit(features[subset])
+  labels = kmeans.predict(features).astype(np.int64)
+  rng = np.random.default_rng(seed)
+  # The same number of training patches in every class: one compilation.
+  size = min(_CLASS_TRAIN_PATCHES, len(subset))
+  dictionaries, scales = [], []
+  for k in range(num_classes):
+    members = np.flatnonzero(labels == k)
+    members = members[masks[members].sum(1) >= 2]
+    if len(members) == 0:
+      members = subset
+    train = np.sort(rng.choice(members, size, replace=len(members) < size))
+    seen = x[train][masks[train].astype(bool)]
+    if np.all(seen == seen[0]):
+      dictionaries.append(fallback[0])
+      scales.append(fallback[1])
+      continue
+    fitted = fit_masked_em(x[train], num_latents, mask=masks[train],
+                           iterations=iterations,
+                           noise_variance=noise_variance, seed=seed)
+    dictionaries.append(fitted.dictionary)
+    scales.append(fitted.scales)
+  logging.info('patch classes: %s patches', np.bincount(labels,
+                                                         minlength=num_classes))
+  return labels, np.stack(dictionaries), np.stack(scales)
+
+
+def _posteriors(x, masks, dictionaries, scales, labels, noise_variance,
+                iterations, scale_rounds, patch_noise, progress):
   """Diagonal posteriors of every patch, W, lambda, sigma^2 held fixed, with
   per-patch prior scales c_n (module doc, step 4) and, with `patch_noise`,
   per-patch misfits sigma_n^2 (step 4b).
 
-  The points separate, so chunks of `_CHUNK` rows (the last one padded) go
-  through one compiled step (`_posterior_step`): an E-step from zero means,
+  Args:
+    x, masks: `[N, D]` centred patches and their 0/1 masks (x's dtype).
+    dictionaries: `[K, D, H]`; scales: `[K, H]`; labels: `[N]` int, each
+      patch's dictionary.
+    noise_variance: sigma^2 > 0; iterations, scale_rounds: counts;
+    patch_noise, progress: bools.
+
+  The points separate, so each class's patches go in chunks of `_CHUNK`
+  rows (the last one padded) through one compiled step
+  (`_posterior_step`), the same for every class: an E-step from zero means,
   then `scale_rounds` rounds of c_n = c_n* (and sigma_n^2 = sigma_n^2*) and
   a warm E-step of `_SCALE_ROUND_ITERATIONS` iterations.
 
@@ -556,27 +735,32 @@ def _posteriors(x, masks, dictionary, scales, noise_variance, iterations,
   dtype = tf.as_dtype(x.dtype)
   num_points, _ = x.shape
   rms = float(np.sqrt(np.sum(np.square(x)) / max(masks.sum(), 1)))
-  settings = [tf.constant(dictionary, dtype), tf.constant(scales, dtype),
-              tf.constant(noise_variance, dtype),
+  settings = [tf.constant(noise_variance, dtype),
               tf.constant(np.sqrt(noise_variance), dtype),
               tf.constant(RELATIVE_SCALE_FLOOR * rms, dtype),
               tf.constant(iterations), tf.constant(scale_rounds)]
   step = _posterior_step(patch_noise)
   chunk = min(_CHUNK, num_points)
   bar = keras.utils.Progbar(num_points) if progress else None
-  parts = []
-  for begin in range(0, num_points, chunk):
-    rows = slice(begin, begin + chunk)
-    xs, ms = x[rows], masks[rows].astype(x.dtype)
-    pad = chunk - len(xs)
-    if pad:
-      xs = np.concatenate([xs, np.zeros((pad, xs.shape[1]), x.dtype)])
-      ms = np.concatenate([ms, np.zeros((pad, ms.shape[1]), x.dtype)])
-    parts.append([t.numpy()[:chunk - pad].astype(np.float64)
-                  for t in step(tf.constant(xs), tf.constant(ms), *settings)])
-    if bar is not None:
-      bar.add(chunk - pad)
-  return tuple(np.concatenate(p) for p in zip(*parts))
+  order, parts = [], []
+  for k, (w, lam) in enumerate(zip(dictionaries, scales)):
+    members = np.flatnonzero(labels == k)
+    w, lam = tf.constant(w, dtype), tf.constant(lam, dtype)
+    for begin in range(0, len(members), chunk):
+      rows = members[begin:begin + chunk]
+      xs, ms = x[rows], masks[rows].astype(x.dtype)
+      pad = chunk - len(xs)
+      if pad:
+        xs = np.concatenate([xs, np.zeros((pad, xs.shape[1]), x.dtype)])
+        ms = np.concatenate([ms, np.zeros((pad, ms.shape[1]), x.dtype)])
+      parts.append([t.numpy()[:chunk - pad].astype(np.float64)
+                    for t in step(tf.constant(xs), tf.constant(ms), w, lam,
+                                  *settings)])
+      order.append(rows)
+      if bar is not None:
+        bar.add(chunk - pad)
+  inverse = np.argsort(np.concatenate(order))
+  return tuple(np.concatenate(p)[inverse] for p in zip(*parts))
 
 
 @functools.cache
