@@ -659,7 +659,7 @@ class RestorationConfig:
   iterations: int = _field(20, minimum=1)
   e_step_iterations: int = _field(30, minimum=1)
   scale_rounds: int = _field(10, minimum=0)
-  num_classes: int = _field(8, minimum=1)
+  num_classes: int = _field(16, minimum=1)
   seed: int = _field(0, minimum=0)
   dtype: str = _field('float64', choices=DTYPES)
 

@@ -18,25 +18,32 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    atoms (H = 16 for 8 x 8) the learned noise is within a few percent of
    the truth, and the ELBO itself prefers the small dictionaries. Hence
    the default `num_latents = p^2 / 4`.
-2b. A dictionary per patch class (`num_classes`, default 8). One dictionary
+2b. A dictionary per patch class (`num_classes`, default 16). One dictionary
    of 16 atoms is a compromise between smooth regions, edges and texture,
    and its bias on edges and texture is what limited the PSNR (more atoms
    learn part of the noise, step 2). So the patches are split into K
    classes by k-means (scikit-learn's MiniBatchKMeans, fitted on step 2's
    training patches) on the centred patches scaled to unit norm (their
    shape, not their contrast), and each class learns its own H atoms by
-   masked EM with sigma^2 held at step 3's value, on 2048 of its patches
+   masked EM with sigma^2 held at step 3's value, on 1024 of its patches
    (drawn with replacement where a class has fewer: one shape, one
    compilation). Each patch is restored (step 4) with its class's
-   dictionary. Measured (benchmarks/restoration.py, denoising, K = 8
-   against one dictionary; probes with other choices in "Also measured"
-   below): chelsea +0.08, coffee +0.65, rocket +0.10, coins +0.55 dB;
-   inpainting chelsea +0.11, coffee +0.09 dB. Classing on the global
+   dictionary. Measured (benchmarks/restoration.py's photographs, denoising
+   against one dictionary, chelsea / coffee / rocket / coins; K classes of
+   T training patches each):
+     K = 8, T = 2048: +0.08 / +0.65 / +0.10 / +0.55 dB;
+     K = 12, T = 1536: +0.09 / +0.72 / +0.17 / +0.62 dB;
+     K = 16, T = 1024: +0.08 / +0.83 / +0.09 / +0.80 dB (the default);
+     K = 24, T = 768: +0.08 / +0.95 / -0.01 / +0.96 dB;
+     K = 32, T = 512: +0.08 / +0.94 / -0.06 / +1.01 dB.
+   K = 16 takes 3-8 s more than K = 8 per image, 24 and 32 about 20%
+   more than 16 (more classes' last chunks padded, more EM calls), which
+   the whole command's 90 s budget (issue 10) does not leave. Classing on the global
    dictionary's posterior means instead of the noisy patches: the same
-   within 0.02 dB (chelsea). The restoration takes about 1.5 to 2 times as
-   long (benchmarks/restoration.py, denoising coffee 25 -> 42 s, coins
-   23 -> 45 s; the whole script command on coffee 37 -> 80 s wall, within
-   issue 10's 90 s).
+   within 0.02 dB (chelsea, K = 8). The restoration takes about 1.5 to 2 times as
+   long (benchmarks/restoration.py, denoising coffee 25 -> 45 s, coins
+   23 -> 51 s; the whole script command on coffee 37 -> 89.5 s wall, at the
+   edge of issue 10's 90 s; with K = 8, 80 s).
 3. Noise: sigma^2* is the mean squared residual per observed pixel of the
    *centred* patches, whose noise variance is sigma_pix^2 (1 - 1/|m_n|), so
    the reported noise std is sqrt(sigma^2* / mean_n(1 - 1/|m_n|)). With
@@ -144,8 +151,8 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    patches more closely than they fit the clean ones: a window's squared
    error grew (chelsea 16.1 -> 17.6 e-4 per pixel) while its variance
    fell (18.5 -> 17.9 e-4), and the combined error bars were too sure
-   (coverage of 95% intervals chelsea 0.880 overall, coins' less sure half
-   0.821). Which of the two models (the whole image's dictionary, step 2,
+   (K = 8: coverage of 95% intervals chelsea 0.880 overall, coins' less
+   sure half 0.821). Which of the two models (the whole image's dictionary, step 2,
    or the class's) describes a patch is itself uncertain, so each window's
    variance is the error variance of its class estimate m_c when the clean
    patch is equally likely drawn from either model's posterior,
@@ -153,15 +160,16 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    (`error_variance_of_either`), and step 5 combines those. The restored
    image stays the precision-weighted mean of the class estimates with
    their own variances (weights from the mixture variances: coffee -0.14,
-   coins -0.07 dB). Measured: coverage overall / surer half / less sure
-   half chelsea 0.917 / 0.905 / 0.929, coffee 0.971 / 0.987 / 0.954,
-   coins 0.929 / 0.968 / 0.890 (all in their bands), rocket 0.990 / 0.997
-   / 0.983 (over-covers, as with one dictionary: 0.987). It costs a
+   coins -0.07 dB; K = 8). Measured, K = 16: coverage overall / surer
+   half / less sure half chelsea 0.911 / 0.900 / 0.923, coffee 0.970 /
+   0.986 / 0.954, coins 0.934 / 0.967 / 0.900 (all in their bands),
+   rocket 0.990 / 0.997 / 0.983 (over-covers, as with one dictionary:
+   0.987). It costs a
    second posterior pass (the whole image's dictionary). Using the average
    of the two estimates instead of m_c (Bayesian model averaging):
-   coffee -0.33, coins -0.25 dB. The weights 1/2 were not tuned; the
-   disagreement alone, (m_c - m_g)^2 added to v_c, over-covered (chelsea
-   0.923).
+   coffee -0.33, coins -0.25 dB (K = 8). The weights 1/2 were not
+   tuned; the disagreement alone, (m_c - m_g)^2 added to v_c, over-covered
+   (chelsea 0.923).
 
 Also measured, not adopted (denoising PSNR against the defaults above on
 benchmarks/restoration.py's photographs chelsea, coffee, rocket, coins,
@@ -170,7 +178,7 @@ noise std 0.1; coverage as in step 5):
   training patches up to 8192 each, error bars from the class estimates
   alone: +0.09, +0.63, +0.01, +0.56 dB, but chelsea covered 0.891 and
   coins' less sure half 0.834, in 127-187 s per image (8 compilations).
-  With up to 2048 each, one compilation, no step 5b: chelsea +0.08,
+  With 2048 each, one compilation, no step 5b: chelsea +0.08,
   coffee +0.65 dB, chelsea covered 0.880. 4 classes so: chelsea +0.02,
   coffee +0.31 dB, chelsea 0.900.
 - Non-local prior scales, borrowing strength from similar patches as
@@ -211,7 +219,7 @@ noise std 0.1; coverage as in step 5):
   (H = 24): -0.13, -0.62 dB.
 
 Compilation: the masked-EM iteration (for step 2's training patches and
-for the classes' 2048) and the posterior step (one with and one without
+for the classes' 1024) and the posterior step (one with and one without
 per-patch misfits, on chunks of 2048 patches whatever the dictionary) are
 each compiled (XLA) once per process and shape, with every value an
 argument, so a second restoration of an image of the same size (another
@@ -259,7 +267,7 @@ _VALUE_RANGE = (-1.0, 2.0)
 # Patches per compiled posterior step (the last chunk of a class padded).
 _CHUNK = 2048
 # Training patches per class (step 2b).
-_CLASS_TRAIN_PATCHES = 2048
+_CLASS_TRAIN_PATCHES = 1024
 # Per-patch prior scales (module doc, step 4): E-step iterations per round,
 # and the smallest c_n (a patch of pure noise drives c_n* down slowly but
 # without end; 1e-3 of lambda is far below any structure).
@@ -477,7 +485,7 @@ def _check_image(image, observed, noise_std, patch_size, num_latents,
 
 def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
                   num_latents=None, num_train_patches=8192, iterations=20,
-                  e_step_iterations=30, scale_rounds=10, num_classes=8,
+                  e_step_iterations=30, scale_rounds=10, num_classes=16,
                   seed=0, dtype='float64', progress=False):
   """Denoises and/or inpaints a grey image; returns means and error bars.
 
