@@ -18,32 +18,40 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    atoms (H = 16 for 8 x 8) the learned noise is within a few percent of
    the truth, and the ELBO itself prefers the small dictionaries. Hence
    the default `num_latents = p^2 / 4`.
-2b. A dictionary per patch class (`num_classes`, default 16). One dictionary
+2b. A dictionary per patch class (`num_classes`, default 24). One dictionary
    of 16 atoms is a compromise between smooth regions, edges and texture,
    and its bias on edges and texture is what limited the PSNR (more atoms
    learn part of the noise, step 2). So the patches are split into K
    classes by k-means (scikit-learn's MiniBatchKMeans, fitted on step 2's
    training patches) on the centred patches scaled to unit norm (their
-   shape, not their contrast), and each class learns its own H atoms by
-   masked EM with sigma^2 held at step 3's value, on 1024 of its patches
-   (drawn with replacement where a class has fewer: one shape, one
-   compilation). Each patch is restored (step 4) with its class's
-   dictionary. Measured (benchmarks/restoration.py's photographs, denoising
-   against one dictionary, chelsea / coffee / rocket / coins; K classes of
-   T training patches each):
+   shape, not their contrast), with their missing pixels filled in by the
+   whole image's dictionary (its posterior means, step 4), and each class
+   learns its own H atoms by masked EM with sigma^2 held at step 3's
+   value, on 1024 of its patches (drawn with replacement where a class has
+   fewer: one shape, one compilation). Each patch is restored (step 4)
+   with its class's dictionary. Measured (benchmarks/restoration.py's
+   photographs, denoising against one dictionary, chelsea / coffee /
+   rocket / coins; K classes of T training patches each; float64):
      K = 8, T = 2048: +0.08 / +0.65 / +0.10 / +0.55 dB;
      K = 12, T = 1536: +0.09 / +0.72 / +0.17 / +0.62 dB;
-     K = 16, T = 1024: +0.08 / +0.83 / +0.09 / +0.80 dB (the default);
+     K = 16, T = 1024: +0.08 / +0.83 / +0.09 / +0.80 dB;
      K = 24, T = 768: +0.08 / +0.95 / -0.01 / +0.96 dB;
-     K = 32, T = 512: +0.08 / +0.94 / -0.06 / +1.01 dB.
-   K = 16 takes 3-8 s more than K = 8 per image, 24 and 32 about 20%
-   more than 16 (more classes' last chunks padded, more EM calls), which
-   the whole command's 90 s budget (issue 10) does not leave. Classing on the global
-   dictionary's posterior means instead of the noisy patches: the same
-   within 0.02 dB (chelsea, K = 8). The restoration takes about 1.5 to 2 times as
-   long (benchmarks/restoration.py, denoising coffee 25 -> 45 s, coins
-   23 -> 51 s; the whole script command on coffee 37 -> 89.5 s wall, at the
-   edge of issue 10's 90 s; with K = 8, 80 s).
+     K = 32, T = 512: +0.08 / +0.94 / -0.06 / +1.01 dB;
+   and in float32 (the default dtype, below), T = 1024:
+     K = 24: +0.10 / +0.99 / -0.04 / +0.98 dB (the default);
+     K = 32: +0.13 / +1.03 / -0.14 / +1.08 dB;
+   with T = 2048, K = 24: +0.12 / +1.02 / -0.12 / +1.02 dB. Rocket (large
+   smooth regions) is best with few classes, the others with many. K = 24
+   costs 3-6 s more per image than K = 16 (float32: 22 -> 26 s warm).
+   Inpainting (K = 16, float32) with the holes of the k-means features
+   filled as above instead of left at 0: +0.11 / +0.24 / -0.06 / +0.27 dB;
+   so filled, K = 24 gains a further +0.09 / +0.13 / +0.08 / +0.12 dB
+   (unfilled it lost on rocket, -0.39, and coffee, -0.04). Filling the
+   observed pixels too (classing on the posterior means alone): -0.05 /
+   -0.04 / +0.10 / -0.04 dB. Classing on the global
+   dictionary's posterior means instead of the noisy patches in denoising:
+   the same within 0.02 dB (chelsea, K = 8). The restoration takes about
+   1.5 to 2 times as long as with one dictionary.
 3. Noise: sigma^2* is the mean squared residual per observed pixel of the
    *centred* patches, whose noise variance is sigma_pix^2 (1 - 1/|m_n|), so
    the reported noise std is sqrt(sigma^2* / mean_n(1 - 1/|m_n|)). With
@@ -160,16 +168,22 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    (`error_variance_of_either`), and step 5 combines those. The restored
    image stays the precision-weighted mean of the class estimates with
    their own variances (weights from the mixture variances: coffee -0.14,
-   coins -0.07 dB; K = 8). Measured, K = 16: coverage overall / surer
-   half / less sure half chelsea 0.911 / 0.900 / 0.923, coffee 0.970 /
-   0.986 / 0.954, coins 0.934 / 0.967 / 0.900 (all in their bands),
-   rocket 0.990 / 0.997 / 0.983 (over-covers, as with one dictionary:
-   0.987). It costs a
+   coins -0.07 dB; K = 8); the spread of step 5 is taken about that
+   mean. Measured, K = 24, float32: coverage overall / surer half / less
+   sure half chelsea 0.906 / 0.895 / 0.917, coffee 0.971 / 0.983 /
+   0.958, coins 0.938 / 0.963 / 0.913 (all in their bands), rocket 0.989 /
+   0.996 / 0.982 (over-covers, as with one dictionary: 0.987). It costs a
    second posterior pass (the whole image's dictionary). Using the average
    of the two estimates instead of m_c (Bayesian model averaging):
    coffee -0.33, coins -0.25 dB (K = 8). The weights 1/2 were not
    tuned; the disagreement alone, (m_c - m_g)^2 added to v_c, over-covered
-   (chelsea 0.923).
+   (chelsea 0.923). Only where the observations are noisy: with exact
+   ones (inpainting) there is no noise to fit, each patch's misfit
+   (step 4b) is measured on exact pixels, and the missing pixels' mixture
+   variance (step 5) already holds the windows' disagreement; there step
+   5b made the error bars of the missing pixels wider than their errors
+   (K = 24, coverage overall chelsea 0.973 -> 0.980, coffee 0.984 ->
+   0.987, rocket 0.975 -> 0.981, coins 0.962 -> 0.975).
 
 Also measured, not adopted (denoising PSNR against the defaults above on
 benchmarks/restoration.py's photographs chelsea, coffee, rocket, coins,
@@ -217,6 +231,17 @@ noise std 0.1; coverage as in step 5):
 - Patch sizes, with H = p^2 / 4: p = 6: -0.08, +0.04 dB (inpainting
   +0.02, -0.16); p = 10: +0.01, -0.10 dB at about twice the time; p = 12
   (H = 24): -0.13, -0.62 dB.
+
+Dtype: the model's computations (steps 2-4) run in float32 by default;
+the combination (step 5) and the results are float64. On
+benchmarks/restoration.py's four photographs (K = 16) float32 restored to
+the PSNR of float64 within 0.012 dB (denoising chelsea / coffee / rocket /
+coins 28.693 / 29.875 / 33.197 / 27.300 against 28.693 / 29.875 / 33.197 /
+27.301; inpainting 33.046 / 31.516 / 37.080 / 28.659 against 33.046 /
+31.528 / 37.083 / 28.660) with the same coverage to 0.001, and 2.4 times
+as fast (coffee denoising 53 -> 22 s warm, 74 -> 47 s with the
+compilations): the E-steps' cost is elementwise erf/exp/log work, and the
+CPU's vector units do twice as many float32 numbers at once.
 
 Compilation: the masked-EM iteration (for step 2's training patches and
 for the classes' 1024) and the posterior step (one with and one without
@@ -296,11 +321,12 @@ class RestorationResult:
     patch_classes: `[N]` int64, each patch's class (index into
       class_dictionaries), patches in `image_to_patches` order.
     history: dict of lists from the masked EM ('elbo', 'noise_variance').
-    patch_scales: `[N]` the per-patch prior scales c_n (module doc, step 4),
-      patches in `image_to_patches` order.
+    patch_scales: `[N]` the per-patch prior scales c_n (module doc, step 4)
+      under each patch's own class dictionary, patches in
+      `image_to_patches` order.
     patch_noise_std: `[N]` float64 per-patch std of the model's per-pixel
-      sigma_n^2 (module doc, step 4b): model_noise_std for every patch
-      unless noise_std = 0 was given.
+      sigma_n^2 (module doc, step 4b) under each patch's class dictionary:
+      model_noise_std for every patch unless noise_std = 0 was given.
     seconds: float, wall-clock seconds of the whole restoration.
   """
   restored: np.ndarray
@@ -363,13 +389,14 @@ def window_counts(image_shape, patch_size):
 
 
 def combine_posteriors(means, variances, image_shape, patch_size,
-                       observed=None):
+                       observed=None, weight_variances=None):
   """Precision-weighted mean of the patch posteriors, and its variance.
 
   At a pixel covered by k windows with posterior means mu_k and variances
-  v_k > 0, with weights pi_k = (1 / v_k) / sum_j (1 / v_j): mean =
-  sum_k pi_k mu_k. With the windows' average variance a = sum_k pi_k v_k
-  and their spread s = sum_k pi_k mu_k^2 - mean^2 (module doc, step 5):
+  v_k > 0, with weights pi_k = (1 / u_k) / sum_j (1 / u_j) (u_k = v_k
+  unless `weight_variances` are given): mean = sum_k pi_k mu_k. With the
+  windows' average variance a = sum_k pi_k v_k and their spread
+  s = sum_k pi_k (mu_k - mean)^2 (module doc, steps 5 and 5b):
 
     observed pixel: a * max(1 - box(s / a), 1 / k), the variance of the
       mean (box: the average over the (2p - 1) x (2p - 1) neighbourhood
@@ -385,11 +412,17 @@ def combine_posteriors(means, variances, image_shape, patch_size,
     patch_size: p.
     observed: optional `[rows, cols]` bool, true where the pixel was
       observed (default: every pixel).
+    weight_variances: optional `[N, p^2]` variances u_k (> 0) that set the
+      weights instead of `variances` (step 5b: the class estimates' own
+      variances weigh, the error variances of `error_variance_of_either`
+      are combined).
 
   Returns:
     (mean, variance): `[rows, cols]` float64 each.
   """
-  precision = 1.0 / np.asarray(variances, np.float64)
+  variances = np.asarray(variances, np.float64)
+  precision = 1.0 / (variances if weight_variances is None
+                     else np.asarray(weight_variances, np.float64))
   means = np.asarray(means, np.float64)
   # combine_patches averages over the windows, so every ratio below is a
   # ratio of sums: (sum_k w_k a_k) / (sum_k w_k).
@@ -399,8 +432,9 @@ def combine_posteriors(means, variances, image_shape, patch_size,
     return combine_patches(precision * values, image_shape, patch_size) / total
 
   mean = weighted(means)
-  # sum_k pi_k v_k = k / sum_k (1 / v_k) = 1 / total.
-  average = 1.0 / total
+  # sum_k pi_k v_k (= k / sum_k (1 / v_k) = 1 / total where u = v).
+  average = (1.0 / total if weight_variances is None
+             else weighted(variances))
   spread = np.maximum(weighted(np.square(means)) - np.square(mean), 0.0)
   # 1 - the windows' effective error correlation, pooled over the
   # neighbourhood the pixel's windows span (step 5).
@@ -485,8 +519,8 @@ def _check_image(image, observed, noise_std, patch_size, num_latents,
 
 def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
                   num_latents=None, num_train_patches=8192, iterations=20,
-                  e_step_iterations=30, scale_rounds=10, num_classes=16,
-                  seed=0, dtype='float64', progress=False):
+                  e_step_iterations=30, scale_rounds=10, num_classes=24,
+                  seed=0, dtype='float32', progress=False):
   """Denoises and/or inpaints a grey image; returns means and error bars.
 
   Args:
@@ -516,7 +550,11 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
       steps 2b and 5b); 1 for one dictionary for the whole image. At most
       the number of training patches.
     seed: seeds the patch subset.
-    dtype: 'float32' or 'float64', the computation's dtype.
+    dtype: 'float32' (default) or 'float64', the dtype of the model's
+      computations (the combination of step 5 and the results are
+      float64). Float32 restores the benchmark's photographs to within
+      0.02 dB of float64, with the same coverage, 2.4 times as fast
+      (module doc, "Dtype").
     progress: show a Keras progress bar over the final E-step.
 
   Returns:
@@ -543,7 +581,7 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
   shrink = float(np.mean(1.0 - 1.0 / np.maximum(num_seen[visible], 2)))
 
   rng = np.random.default_rng(seed)
-  candidates = np.flatnonzero(masks.sum(1) >= 2)
+  candidates = np.flatnonzero(_learnable(masks))
   subset = np.sort(rng.choice(candidates, min(num_train_patches,
                                               len(candidates)),
                               replace=False))
@@ -562,7 +600,7 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
   w = learned.dictionary
 
   # The E-step divides by sigma^2 (an exact fit could learn 0).
-  positive_noise = max(noise_variance, 1e-300)
+  positive_noise = max(noise_variance, float(np.finfo(dtype).tiny))
   window = functools.partial(
       _window_posteriors, centred, masks, num_seen,
       noise_variance=positive_noise, pixel_variance=pixel_variance,
@@ -577,17 +615,21 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
                                             image.shape, patch_size, observed)
   else:
     # Step 2b: a dictionary per patch class; step 5b: their error bars.
+    # k-means sees whole patches: missing pixels as the whole image's
+    # dictionary restores them.
+    filled = np.where(masks, centred, estimates)
     labels, dictionaries, scales = _class_dictionaries(
-        centred, masks, subset, num_classes, num_latents, positive_noise,
-        iterations, seed, (w, learned.scales))
+        centred, masks, filled, subset, num_classes, num_latents,
+        positive_noise, iterations, seed, (w, learned.scales))
     own, own_variances, patch_scales, patch_pixel_noise = window(
         dictionaries, scales, labels)
-    restored, _ = combine_posteriors(own + means, own_variances,
-                                     image.shape, patch_size, observed)
-    _, variance = combine_posteriors(
-        own + means,
-        error_variance_of_either(own, own_variances, estimates, variances),
-        image.shape, patch_size, observed)
+    # Step 5b's error bars where the observations are noisy.
+    errors = (own_variances if exact else
+              error_variance_of_either(own, own_variances, estimates,
+                                       variances))
+    restored, variance = combine_posteriors(
+        own + means, errors, image.shape, patch_size, observed,
+        weight_variances=own_variances)
   if exact:
     # Observed: known exactly.
     restored = np.where(observed, image, restored)
@@ -669,12 +711,21 @@ def error_variance_of_either(mean, variance, other_mean, other_variance):
                 + np.square(mean - other_mean))
 
 
-def _class_dictionaries(x, masks, subset, num_classes, num_latents,
+def _learnable(masks):
+  """`[N]` bool: patches with at least two observed pixels (`masks`
+  `[N, D]`); a centred patch with one is all zeros, nothing to learn."""
+  return masks.sum(1) >= 2
+
+
+def _class_dictionaries(x, masks, filled, subset, num_classes, num_latents,
                         noise_variance, iterations, seed, fallback):
   """Patch classes and a dictionary per class (module doc, step 2b).
 
   Args:
     x, masks: `[N, D]` centred patches (0 where missing) and 0/1 masks.
+    filled: `[N, D]` the centred patches with their missing pixels filled
+      in (step 4's posterior means under step 2's dictionary): what
+      k-means classes.
     subset: `[M]` indices of step 2's training patches (k-means is fitted
       on them).
     num_classes: K; num_latents: H; noise_variance: sigma^2, held;
@@ -687,7 +738,8 @@ def _class_dictionaries(x, masks, subset, num_classes, num_latents,
     (labels `[N]` int64, dictionaries `[K, D, H]`, scales `[K, H]`).
   """
   # The shape of a patch, not its contrast, decides its class.
-  features = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  features = filled / np.maximum(
+      np.linalg.norm(filled, axis=1, keepdims=True), 1e-12)
   kmeans = cluster.MiniBatchKMeans(num_classes, random_state=seed, n_init=3)
   kmeans.fit(features[subset])
   labels = kmeans.predict(features).astype(np.int64)
@@ -697,7 +749,7 @@ def _class_dictionaries(x, masks, subset, num_classes, num_latents,
   dictionaries, scales = [], []
   for k in range(num_classes):
     members = np.flatnonzero(labels == k)
-    members = members[masks[members].sum(1) >= 2]
+    members = members[_learnable(masks[members])]
     if len(members) == 0:
       members = subset
     train = np.sort(rng.choice(members, size, replace=len(members) < size))
