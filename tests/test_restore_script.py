@@ -46,7 +46,8 @@ def _run(*args):
 def test_blind_denoising_writes_every_output(files, tmp_path):
   out = tmp_path / 'out'
   run = _run(f'--image={files / "noisy.npy"}', f'--clean={files / "clean.npy"}',
-             '--patch_size=5', '--iterations=5', f'--output_dir={out}')
+             '--patch_size=5', '--iterations=5', '--num_classes=4',
+             f'--output_dir={out}')
   assert run.returncode == 0, run.stderr
   assert not _CPP_LOG.search(run.stderr)
   names = {'restored.npy', 'restored.png', 'uncertainty.npy',
@@ -74,7 +75,7 @@ def test_inpainting_with_exact_pixels_keeps_them(files, tmp_path):
   run = _run(f'--image={files / "damaged.npy"}',
              f'--mask={files / "missing.npy"}', '--noise_std=0',
              f'--clean={files / "clean.png"}', '--patch_size=5',
-             '--iterations=5', f'--output_dir={out}')
+             '--iterations=5', '--num_classes=4', f'--output_dir={out}')
   assert run.returncode == 0, run.stderr
   restored = np.load(out / 'restored.npy')
   observed = ~np.load(files / 'missing.npy')
