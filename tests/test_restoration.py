@@ -460,10 +460,10 @@ def test_patch_classes():
 
 
 def test_classes_follow_the_filled_patches():
-  # Step 2b: k-means classes the patches with their holes filled in, not
-  # the zeros at their missing pixels. Two shapes, +v and -v up to
-  # contrast, observed only on random halves: the holes (zeros) would
-  # scatter them; filled in, the classes are the two shapes.
+  # Step 2b: k-means classes `filled` (the patches with their holes filled
+  # in), not x (zeros at the missing pixels). Here the filled patches are
+  # two shapes, +v and -v up to contrast, and x is unrelated noise: the
+  # classes must be the two shapes.
   rng = np.random.default_rng(12)
   num, dim = 600, 16
   v = rng.normal(size=dim)
