@@ -426,7 +426,7 @@ def test_window_posteriors_by_class_equal_one_dictionary(exact):
   w = np.linalg.qr(rng.normal(size=(16, 4)))[0]
   lam = rng.uniform(0.05, 0.2, 4)
   kwargs = dict(noise_variance=0.01, pixel_variance=0.011, exact=exact,
-                iterations=5, scale_rounds=2, progress=False)
+                iterations=5, scale_rounds=2, bar=None)
   one = restoration._window_posteriors(
       centred, masks, seen, w[None], lam[None],
       np.zeros(len(centred), np.int64), **kwargs)
@@ -439,16 +439,35 @@ def test_window_posteriors_by_class_equal_one_dictionary(exact):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
 
 
-def test_patch_classes():
+class _Bar:
+  """Stands in for keras.utils.Progbar: records its target and progress."""
+  made = []
+
+  def __init__(self, target):
+    self.target, self.done = target, 0
+    _Bar.made.append(self)
+
+  def add(self, count):
+    self.done += count
+
+
+def test_patch_classes(monkeypatch):
   clean = _scene(40, seed=4)
   noisy = clean + 0.05 * np.random.default_rng(6).standard_normal(clean.shape)
   kwargs = dict(patch_size=4, num_latents=4, iterations=3, scale_rounds=1,
-                dtype='float64')
+                dtype='float64', progress=True)
+  monkeypatch.setattr(restoration.keras.utils, 'Progbar', _Bar)
+  _Bar.made.clear()
+  patches = 37 * 37
   single = restoration.restore_image(noisy, num_classes=1, **kwargs)
   np.testing.assert_array_equal(single.class_dictionaries,
                                 single.dictionary[None])
   assert not single.patch_classes.any()
   result = restoration.restore_image(noisy, num_classes=3, **kwargs)
+  # One progress bar per restoration, over every pass of step 4 (two with
+  # classes), and it ends full.
+  assert [(bar.target, bar.done) for bar in _Bar.made] == [
+      (patches, patches), (2 * patches, 2 * patches)]
   assert result.class_dictionaries.shape == (3, 16, 4)
   assert set(np.unique(result.patch_classes)) == {0, 1, 2}
   np.testing.assert_allclose(
