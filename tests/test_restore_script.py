@@ -68,6 +68,7 @@ def test_blind_denoising_writes_every_output(files, tmp_path):
   assert metrics['coverage_95'] == pytest.approx(inside.mean())
   assert metrics['noise_learned'] and 0.07 < metrics['noise_std'] < 0.13
   assert metrics['seconds'] > 0
+  assert metrics['error_factors'] is None  # denoising: no step 5c
 
 
 def test_inpainting_with_exact_pixels_keeps_them(files, tmp_path):
@@ -83,6 +84,10 @@ def test_inpainting_with_exact_pixels_keeps_them(files, tmp_path):
                                 np.load(files / 'damaged.npy')[observed])
   metrics = json.loads((out / 'metrics.json').read_text())
   assert metrics['noise_std'] == 0 and metrics['coverage_pixels'] == 'missing'
+  # The held-out error factors by window position (restoration step 5c).
+  factors = np.array(metrics['error_factors'])
+  assert factors.shape == (5, 5) and np.all(factors > 0)
+  np.testing.assert_allclose(factors, factors.T, rtol=1e-12)
 
 
 def test_bad_input_is_one_line_before_any_work(files, tmp_path):

@@ -695,7 +695,9 @@ def restore(config, workdir):
   Writes restored.npy / restored.png, uncertainty.npy / uncertainty.png
   (posterior std of each clean pixel), restoration.png (input | restored |
   uncertainty | error when `clean` is given) and metrics.json ('noise_std',
-  'noise_learned', 'seconds', 'elbo', and with `clean`: 'psnr',
+  'noise_learned', 'seconds', 'elbo', 'error_factors' (`[p, p]` nested
+  list with noise_std = 0 and missing pixels, else None: the windows'
+  held-out error factors of `restore_image`), and with `clean`: 'psnr',
   'psnr_input', 'coverage_95' and its halves by uncertainty).
 
   Raises:
@@ -723,6 +725,8 @@ def restore(config, workdir):
               'seconds': result.seconds,
               'elbo': result.history['elbo'][-1],
               'num_latents': int(result.dictionary.shape[1]),
+              'error_factors': (None if result.error_factors is None
+                                else result.error_factors.tolist()),
               'config': dataclasses.asdict(config)}
   shown = np.where(observed, image, np.nan) if observed is not None else image
   panels = {'input': np.nan_to_num(shown, nan=0.0),
