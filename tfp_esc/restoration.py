@@ -162,7 +162,20 @@ Steps and the choices made (measured in `benchmarks/restoration.py`):
    mean less sensitive than that where codes are near zero (smooth
    patches), so there the variance over-states the error. Left as it
    is: the true sensitivity would take a second, perturbed posterior
-   pass (Monte-Carlo SURE). tau_n^2 is not the cause: without it rocket
+   pass (Monte-Carlo SURE); probed, Stein's estimate subtracts D sigma^2
+   from a window's squared residual, so a learned sigma off by a few
+   percent moves it by more than the error it estimates (coins, sigma
+   +9.4%: 0.06 against a true 0.18 per window); on rocket (sigma -1.8%)
+   it ran low too, 0.045 against 0.074 (perturbations of 0.005 and
+   0.02 alike). Blind, it cannot be used.
+   Nor is it the mean-field covariance: linear-response covariances of
+   the codes (the full precision W^T W / sigma^2 + diag(1/s^2 -
+   diag(W^T W) / sigma^2)) give the same variance of W z to 0.3% (a
+   class's atoms are nearly orthogonal). By window, rocket's own
+   variances over-state the squared error by 1 / 0.86, and step 5b
+   widens them further (1 / 0.66): without 5b rocket covers 0.968 /
+   0.986 / 0.951, but chelsea 0.814 and coins 0.855 (5b with weights
+   3/4 and 1/4: rocket 0.981, chelsea 0.863). tau_n^2 is not the cause: without it rocket
    covers 0.970 / 0.992 / 0.949 (the surer half still over) and coffee
    0.934, coins 0.878, chelsea 0.834, with -0.03 to -0.30 dB; pooling
    sigma_n^2* over 3 x 3 to 8 x 8 neighbouring windows before
