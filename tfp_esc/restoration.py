@@ -672,7 +672,10 @@ def restore_image(image, *, observed=None, noise_std=None, patch_size=8,
       the misfit: its true value is a draw of the same model as the exact
       observed ones, W z + e (posterior predictive), not the noise-free
       W z of denoising (95% coverage of the missing pixels 0.869 -> 0.969
-      on chelsea). The misfit is learned per patch (module doc, step 4b).
+      on chelsea). The misfit is learned per patch (module doc, step 4b),
+      and the windows' variances of the missing pixels are scaled by
+      their errors at observed pixels hidden from them (step 5c: one more
+      posterior pass; `RestorationResult.error_factors`).
     patch_size: p, the patch side.
     num_latents: H, atoms; default p^2 / 4 (module doc, step 2).
     num_train_patches: patches (drawn at random) the dictionary is learned
