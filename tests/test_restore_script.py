@@ -88,6 +88,10 @@ def test_inpainting_with_exact_pixels_keeps_them(files, tmp_path):
   factors = np.array(metrics['error_factors'])
   assert factors.shape == (5, 5) and np.all(factors > 0)
   np.testing.assert_allclose(factors, factors.T, rtol=1e-12)
+  # ... and the held-out pixels' factors by variance, variances ascending.
+  by_variance = np.array(metrics['variance_factors'])
+  assert by_variance.ndim == 2 and by_variance.shape[1] == 2
+  assert np.all(np.diff(by_variance[:, 0]) > 0) and np.all(by_variance > 0)
 
 
 def test_bad_input_is_one_line_before_any_work(files, tmp_path):

@@ -697,7 +697,9 @@ def restore(config, workdir):
   uncertainty | error when `clean` is given) and metrics.json ('noise_std',
   'noise_learned', 'seconds', 'elbo', 'error_factors' (`[p, p]` nested
   list with noise_std = 0 and missing pixels, else None: the windows'
-  held-out error factors of `restore_image`), and with `clean`: 'psnr',
+  held-out error factors of `restore_image`), 'variance_factors' (`[B, 2]`
+  nested list of (variance, factor) rows, or None: the held-out pixels'
+  factors by variance), and with `clean`: 'psnr',
   'psnr_input', 'coverage_95' and its halves by uncertainty).
 
   Raises:
@@ -727,6 +729,8 @@ def restore(config, workdir):
               'num_latents': int(result.dictionary.shape[1]),
               'error_factors': (None if result.error_factors is None
                                 else result.error_factors.tolist()),
+              'variance_factors': (None if result.variance_factors is None
+                                   else result.variance_factors.tolist()),
               'config': dataclasses.asdict(config)}
   shown = np.where(observed, image, np.nan) if observed is not None else image
   panels = {'input': np.nan_to_num(shown, nan=0.0),
