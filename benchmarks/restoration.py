@@ -110,34 +110,57 @@ def _calibration(result, clean, pixels):
               result.uncertainty[pixels], error)[0])}
 
 
+def _nl_means(image, sigma):
+  """scikit-image's non-local means with our settings: (image, seconds)."""
+  from skimage import restoration as skr  # pylint: disable=import-outside-toplevel
+  return _timed(skr.denoise_nl_means, image, h=0.8 * sigma, sigma=sigma,
+                fast_mode=True, patch_size=5, patch_distance=6)
+
+
+def _bm3d(image, sigma):
+  """BM3D told the noise std: (image, seconds), or (None, None) without the
+  `bm3d` package."""
+  try:
+    import bm3d  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None, None
+  return _timed(bm3d.bm3d, image, sigma)
+
+
+def _psnr_or_none(estimate, clean):
+  from tfp_esc import restoration  # pylint: disable=import-outside-toplevel
+  return None if estimate is None else restoration.psnr(estimate, clean)
+
+
+def _learned_noise(ours, noise_std):
+  """The learned noise std and its relative error."""
+  return {'ours_noise_std': ours.noise_std,
+          'ours_noise_error': ours.noise_std / noise_std - 1.0}
+
+
 def _denoising(clean, noisy, noise_std, seed):
   from skimage import restoration as skr  # pylint: disable=import-outside-toplevel
   from tfp_esc import restoration  # pylint: disable=import-outside-toplevel
   psnr = restoration.psnr
   ours = restoration.restore_image(noisy, seed=seed)
   row = {'ours': psnr(ours.restored, clean), 'ours_seconds': ours.seconds,
-         'ours_noise_std': ours.noise_std,
-         'ours_noise_error': ours.noise_std / noise_std - 1.0,
+         **_learned_noise(ours, noise_std),
          **_calibration(ours, clean, np.ones(clean.shape, bool)),
          'input': psnr(noisy, clean)}
   row['sklearn'], row['sklearn_omp_atoms'], row['sklearn_seconds'] = (
       _sklearn_pipeline(noisy, clean, seed))
-  sigma = float(skr.estimate_sigma(noisy))
-  nlm, row['nlm_seconds'] = _timed(
-      skr.denoise_nl_means, noisy, h=0.8 * sigma, sigma=sigma,
-      fast_mode=True, patch_size=5, patch_distance=6)
+  nlm, row['nlm_seconds'] = _nl_means(noisy,
+                                      float(skr.estimate_sigma(noisy)))
   row['nlm'] = psnr(nlm, clean)
   row['tv'] = max(psnr(skr.denoise_tv_chambolle(noisy, weight=w), clean)
                   for w in (0.05, 0.08, 0.1, 0.15))
   row['wavelet'] = psnr(skr.denoise_wavelet(noisy, rescale_sigma=True), clean)
   row['bilateral'] = psnr(skr.denoise_bilateral(np.clip(noisy, 0, 1),
                                                 sigma_spatial=2), clean)
-  try:
-    import bm3d  # pylint: disable=import-outside-toplevel
-    estimate, row['bm3d_seconds'] = _timed(bm3d.bm3d, noisy, noise_std)
-    row['bm3d'] = psnr(estimate, clean)
-  except ImportError:
-    row['bm3d'] = None
+  estimate, seconds = _bm3d(noisy, noise_std)
+  row['bm3d'] = _psnr_or_none(estimate, clean)
+  if seconds is not None:
+    row['bm3d_seconds'] = seconds
   return row, ours
 
 
@@ -169,8 +192,7 @@ def _noisy_inpainting(clean, noisy, observed, noise_std, seed):
   ours = restoration.restore_image(damaged, observed=observed, seed=seed)
   missing = ~observed
   row = {'ours': psnr(ours.restored, clean), 'ours_seconds': ours.seconds,
-         'ours_noise_std': ours.noise_std,
-         'ours_noise_error': ours.noise_std / noise_std - 1.0,
+         **_learned_noise(ours, noise_std),
          'missing': _calibration(ours, clean, missing),
          'observed': _calibration(ours, clean, observed)}
   filled, row['biharmonic_seconds'] = _timed(skr.inpaint_biharmonic, damaged,
@@ -178,14 +200,8 @@ def _noisy_inpainting(clean, noisy, observed, noise_std, seed):
   row['biharmonic'] = psnr(filled, clean)
   # Told the true noise std: estimate_sigma on the filled image sees the
   # smooth filled pixels and under-states it (chelsea 21.1 dB so).
-  row['biharmonic_nlm'] = psnr(skr.denoise_nl_means(
-      filled, h=0.8 * noise_std, sigma=noise_std, fast_mode=True,
-      patch_size=5, patch_distance=6), clean)
-  try:
-    import bm3d  # pylint: disable=import-outside-toplevel
-    row['biharmonic_bm3d'] = psnr(bm3d.bm3d(filled, noise_std), clean)
-  except ImportError:
-    row['biharmonic_bm3d'] = None
+  row['biharmonic_nlm'] = psnr(_nl_means(filled, noise_std)[0], clean)
+  row['biharmonic_bm3d'] = _psnr_or_none(_bm3d(filled, noise_std)[0], clean)
   return row, ours
 
 
