@@ -115,12 +115,16 @@ def test_classical_elbo_non_positive_noise_variance(inputs, bad):
     classical_elbo(x, w, q, np.ones(H), bad)
 
 
-def test_classical_elbo_wrong_rank_scales(inputs):
+def test_classical_elbo_wrong_shape_scales(inputs):
   x, w, q = inputs
-  with pytest.raises(ValueError, match=r'^scales must have rank 1'):
+  with pytest.raises(ValueError, match=r'^scales has shape \[1, 3\]'):
     classical_elbo(x, w, q, np.ones((1, H)), 1.0)
-  with pytest.raises(ValueError, match=r'^noise_variance must have rank 0'):
+  with pytest.raises(ValueError, match=r'^scales has shape \[1, 5, 3\]'):
+    classical_elbo(x, w, q, np.ones((1, N, H)), 1.0)
+  with pytest.raises(ValueError, match=r'^noise_variance has shape \[1\]'):
     classical_elbo(x, w, q, np.ones(H), np.ones(1))
+  with pytest.raises(ValueError, match=r'^noise_variance has shape \[5, 1\]'):
+    classical_elbo(x, w, q, np.ones(H), np.ones((N, 1)))
 
 
 @pytest.mark.parametrize('bad', [0.0, -1.0])

@@ -606,3 +606,30 @@ def test_full_data_elbo_from_minibatch_statistics():
   # A single batch's F differs from the full-data F.
   single = entropy_elbo(x[:4], w, DiagonalGaussian(loc[:4], scale[:4]))
   assert abs(float(single.elbo) - float(whole.elbo)) > 1e-3
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_classical_elbo_per_point_parameters_equal_one_point_at_a_time(
+    masked):
+  # L_n with point n's own lambda_n and sigma_n^2 is the ELBO of that point
+  # alone under those parameters (float64, exact up to rounding).
+  rng = np.random.default_rng(3)
+  n, d, h = 6, 5, 3
+  x = rng.standard_normal((n, d))
+  w = normalize_columns(rng.standard_normal((d, h))).numpy()
+  q = DiagonalGaussian(rng.standard_normal((n, h)),
+                       rng.uniform(0.2, 1.0, (n, h)))
+  mask = rng.random((n, d)) < 0.6 if masked else np.ones((n, d), bool)
+  mask[:, 0] = True
+  scales = rng.uniform(0.3, 2.0, (n, h))
+  noise = rng.uniform(0.1, 1.5, n)
+  per_point = classical_elbo(x, w, q, scales, noise, per_point=True,
+                             mask=mask).numpy()
+  for i in range(n):
+    alone = DiagonalGaussian(q.loc[i:i + 1], q.scale[i:i + 1])
+    expected = classical_elbo(x[i:i + 1], w, alone, scales[i], noise[i],
+                              mask=mask[i:i + 1]).numpy()
+    np.testing.assert_allclose(per_point[i], expected, rtol=1e-12)
+  np.testing.assert_allclose(
+      classical_elbo(x, w, q, scales, noise, mask=mask).numpy(),
+      per_point.mean(), rtol=1e-12)

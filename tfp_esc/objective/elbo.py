@@ -181,14 +181,18 @@ def classical_elbo(x, dictionary, posterior, scales, noise_variance,
   """The classical analytic ELBO L for any lambda and sigma^2 (SPEC 4).
 
   With scales = 1 and a free dictionary W~ this is the ELBO of the original
-  model (the trace term uses W~'s column norms).
+  model (the trace term uses W~'s column norms). The prior scales and the
+  noise variance may differ from point to point (a point's own prior
+  z_nh ~ Laplace(lambda_nh) and noise sigma_n^2, as in
+  `tfp_esc.restoration`'s per-patch scales and misfits); L_n is then the
+  same formula with point n's values.
 
   Args:
     x: `[N, D]` float.
     dictionary: `[D, H]` float.
     posterior: a `GaussianPosterior` with N points, same dtype.
-    scales: `[H]` positive float, lambda.
-    noise_variance: positive scalar sigma^2.
+    scales: `[H]` (or per point `[N, H]`) positive float, lambda.
+    noise_variance: positive scalar sigma^2 (or per point `[N]`).
     per_point: return L_n `[N]` instead of the mean.
     mask: optional `[N, D]` bool or 0/1, true where x is observed (the
       likelihood runs over observed entries only); default all observed.
@@ -202,13 +206,23 @@ def classical_elbo(x, dictionary, posterior, scales, noise_variance,
   x, dictionary = _check_inputs(x, dictionary, posterior)
   mask = _check_mask(mask, x)
   dtype = posterior.dtype
-  scales = _checks.as_float_tensor(scales, 'scales', dtype, rank=1)
+  scales = _checks.as_float_tensor(scales, 'scales', dtype)
   noise_variance = _checks.as_float_tensor(noise_variance, 'noise_variance',
-                                           dtype, rank=0)
-  if not scales.shape.is_compatible_with(dictionary.shape[1:]):
+                                           dtype)
+  if scales.shape.rank not in (1, 2) or not scales.shape[-1:].is_compatible_with(
+      dictionary.shape[1:]) or (scales.shape.rank == 2
+                                and not scales.shape[:1].is_compatible_with(
+                                    x.shape[:1])):
     raise ValueError(f'scales has shape {scales.shape.as_list()} but '
                      f'dictionary {dictionary.shape.as_list()} has '
-                     f'{dictionary.shape[1]} columns.')
+                     f'{dictionary.shape[1]} columns and x '
+                     f'{x.shape[0]} rows: expected [H] or [N, H].')
+  if noise_variance.shape.rank not in (0, 1) or (
+      noise_variance.shape.rank == 1
+      and not noise_variance.shape.is_compatible_with(x.shape[:1])):
+    raise ValueError(f'noise_variance has shape '
+                     f'{noise_variance.shape.as_list()}; expected a scalar '
+                     f'or [N] with N = {x.shape[0]}.')
   _checks.check_positive(scales, 'scales')
   _checks.check_positive(noise_variance, 'noise_variance')
   if mask is None:
