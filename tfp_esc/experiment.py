@@ -646,6 +646,9 @@ class RestorationConfig:
     e_step_iterations: E-step iterations of the final pass over every patch.
     scale_rounds: rounds of per-patch prior scales (0: one lambda for all).
     num_classes: patch classes with a dictionary each (1: one dictionary).
+    class_rounds: rounds in which patches move to the class whose
+      dictionary gives them the highest ELBO (0: none; 2 gains 0.2-0.5 dB
+      inpainting textured photographs, at 4-5 times the time).
     seed: seeds the patch subset.
     dtype: 'float32' (default; as float64 to 0.02 dB, 2.4 times as fast)
       or 'float64'.
@@ -661,6 +664,7 @@ class RestorationConfig:
   e_step_iterations: int = _field(30, minimum=1)
   scale_rounds: int = _field(10, minimum=0)
   num_classes: int = _field(24, minimum=1)
+  class_rounds: int = _field(0, minimum=0)
   seed: int = _field(0, minimum=0)
   dtype: str = _field('float32', choices=DTYPES)
 
@@ -719,7 +723,7 @@ def restore(config, workdir):
       iterations=config.iterations,
       e_step_iterations=config.e_step_iterations,
       scale_rounds=config.scale_rounds, num_classes=config.num_classes,
-      seed=config.seed,
+      class_rounds=config.class_rounds, seed=config.seed,
       dtype=config.dtype, progress=True)
   metrics_ = {'noise_std': result.noise_std,
               'noise_learned': result.noise_learned,
