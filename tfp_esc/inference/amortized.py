@@ -129,7 +129,11 @@ be closer: the defaults stay the paper's. With (5e-3, 1024) and K = 1 at
 inference only, seeds 0 / 1 / 2 (`--learning_rate=5e-3 --batch_size=1024`,
 EM in the same process): gap 0.24 / 0.23 / 0.24, re-fit minus EM -2.29 /
 -3.40 / -3.34 (-6.84 / -7.24 / -6.90 at the defaults in session 12), in
-213 / 185 / 183 epochs.
+213 / 185 / 183 epochs. The same command in session 25, this code
+unchanged, on a faster machine: gap 0.22 / 0.24 / 0.21, re-fit minus EM
+-1.68 / -1.19 / -1.82 in 291 / 301 / 302 epochs
+(benchmarks/results/amortization_gap_2026-12-03_s25_seed*.md). EM there
+stops after its 6 epochs, at 27-36 s: it is not given the whole 60 s.
 
 Early stopping on the ELBO. `fit_amortized(early_stopping_patience=P)`
 stops when the full-data ELBO of the non-annealed epochs has not risen by
