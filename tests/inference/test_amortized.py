@@ -22,6 +22,7 @@ from tfp_esc.model.sparse_coding import normalize_columns
 from tfp_esc.objective.annealing import get_schedule
 from tfp_esc.objective.elbo import classical_elbo, entropy_elbo
 from tfp_esc.posterior.encoders import make_encoder, posterior_from_outputs
+from tfp_esc.posterior.gaussian import DiagonalGaussian
 
 SMALL = {'hidden_units': 32, 'batch_size': 64, 'verbose': 0}
 
@@ -583,3 +584,46 @@ def test_bad_posterior_steps_raise(x, kwargs, message):
     fit_amortized(x, 10, epochs=1, **SMALL, **kwargs)
   with pytest.raises((ValueError, TypeError), match=message):
     make_amortized_model(x, 10, **kwargs)
+
+
+@pytest.mark.parametrize('family', ['lowrank', 'full'])
+def test_correlated_families_train_the_dictionary_at_the_marginals(
+    x64, family):
+  # Correlated posteriors: the encoder's gradient is that of F at its
+  # posteriors with W held, the dictionary's that of F at their diagonal
+  # marginals (module doc, "Low-rank family"). float64, exact up to
+  # rounding; the joint gradient (F at the correlated posteriors in W)
+  # differs, so the test can tell them apart.
+  model = make_amortized_model(x64, 10, posterior=family, rank=3,
+                               hidden_units=32, seed=4)
+  batch = tf.constant(x64[:64])
+  xn = batch / model.data_scale
+  q = model._posterior(xn)  # pylint: disable=protected-access
+  marginals = DiagonalGaussian(q.loc, q.marginal_stddev())
+  with tf.GradientTape(persistent=True) as tape:
+    w = normalize_columns(model.v)
+    at_marginals = entropy_elbo(xn, w, marginals).elbo
+    joint = entropy_elbo(xn, w, q).elbo
+  expected = tape.gradient(at_marginals, model.v).numpy()
+  joint_gradient = tape.gradient(joint, model.v).numpy()
+  got = model.dictionary_gradient(batch).numpy()
+  np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-12)
+  # (by 7e-5 of the largest entry at this start: 1000 times the tolerance)
+  assert np.abs(joint_gradient - expected).max() > 1e-5 * np.abs(
+      expected).max()
+
+  with tf.GradientTape() as tape:
+    objective, values = model.objective_values(batch, tf.constant([0, 0]))
+  encoder = tape.gradient(objective, model.encoder.trainable_variables)
+  with tf.GradientTape() as tape:
+    q = model._posterior(xn)  # pylint: disable=protected-access
+    elbo = entropy_elbo(xn, tf.stop_gradient(model.dictionary), q).elbo
+  for got, want in zip(encoder, tape.gradient(
+      elbo, model.encoder.trainable_variables)):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-8,
+                               atol=1e-12)
+  # The reported ELBO is that of the encoder's (correlated) posteriors.
+  np.testing.assert_allclose(
+      values['elbo'].numpy(),
+      entropy_elbo(batch, model.dictionary,
+                   model.posterior(batch)).elbo.numpy(), rtol=1e-9)
