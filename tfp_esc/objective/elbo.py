@@ -209,17 +209,16 @@ def classical_elbo(x, dictionary, posterior, scales, noise_variance,
   scales = _checks.as_float_tensor(scales, 'scales', dtype)
   noise_variance = _checks.as_float_tensor(noise_variance, 'noise_variance',
                                            dtype)
-  if scales.shape.rank not in (1, 2) or not scales.shape[-1:].is_compatible_with(
-      dictionary.shape[1:]) or (scales.shape.rank == 2
-                                and not scales.shape[:1].is_compatible_with(
-                                    x.shape[:1])):
+  # [H] for every point, or [N, H]; a scalar sigma^2, or [N].
+  if not (scales.shape.is_compatible_with(dictionary.shape[1:])
+          or scales.shape.is_compatible_with([x.shape[0],
+                                              dictionary.shape[1]])):
     raise ValueError(f'scales has shape {scales.shape.as_list()} but '
                      f'dictionary {dictionary.shape.as_list()} has '
                      f'{dictionary.shape[1]} columns and x '
                      f'{x.shape[0]} rows: expected [H] or [N, H].')
-  if noise_variance.shape.rank not in (0, 1) or (
-      noise_variance.shape.rank == 1
-      and not noise_variance.shape.is_compatible_with(x.shape[:1])):
+  if not (noise_variance.shape.rank == 0
+          or noise_variance.shape.is_compatible_with(x.shape[:1])):
     raise ValueError(f'noise_variance has shape '
                      f'{noise_variance.shape.as_list()}; expected a scalar '
                      f'or [N] with N = {x.shape[0]}.')
