@@ -120,6 +120,10 @@ def test_training_batches_are_batch_order_drawn_epoch_by_epoch(x):
   first = next(iter(_training_batches(x64, 48, 7, 0, 10**9)))
   np.testing.assert_array_equal(first,
                                 x64.numpy()[batch_order(256, 48, 7, 0, 1)[0, 0]])
+  # tf.data's autotuning stays off through map and prefetch: with it on,
+  # deleting the iterator after Keras' fit waited seconds for its thread
+  # (`epoch_index_batches`; the EM engines' pipeline is that function's).
+  assert _training_batches(x64, 48, 7, 0, 5).options().autotune.enabled is False
 
 
 @pytest.mark.parametrize('objective', ['analytic', 'sampled'])
