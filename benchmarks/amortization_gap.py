@@ -17,7 +17,8 @@ within the same seconds is the
 reference for the re-fit ELBO (issue 11, goal 1: gap <= 1 nat per patch;
 re-fit within 3 nats of EM). --learning_rate and --batch_size change Adam's
 step and the minibatch of every amortized row (default: the paper's 1e-3
-and 512, which are fit_amortized's); --evaluate_every=k evaluates the
+and 512, which are fit_amortized's); --factor_rate=c makes the low-rank
+factor's read-out learn at c times Adam's rate; --evaluate_every=k evaluates the
 full data (the history) after every k-th epoch only, leaving more of the
 budget to training.
 
@@ -58,6 +59,9 @@ flags.DEFINE_integer('evaluate_every', 1,
                      "fit_amortized's evaluate_every for every amortized row: "
                      'the full-data evaluation after every this many epochs '
                      '(and the last); training does not depend on it.')
+flags.DEFINE_float('factor_rate', 1.0,
+                   "fit_amortized's factor_rate for the low-rank row: its "
+                   "factor's read-out learns at this times Adam's rate.")
 flags.DEFINE_integer('seed', 0, 'Seed.')
 flags.DEFINE_string('tag', time.strftime('%Y-%m-%d'), 'Results file tag.')
 
@@ -83,7 +87,7 @@ def _amortized(x, posterior, posterior_steps=0, refine_in_training=True):
       x, FLAGS.num_latents, posterior=posterior, rank=FLAGS.rank, **options,
       epochs=10_000, seed=FLAGS.seed, callbacks=[StopAtBudget()], verbose=0,
       posterior_steps=posterior_steps, refine_in_training=refine_in_training,
-      evaluate_every=FLAGS.evaluate_every)
+      evaluate_every=FLAGS.evaluate_every, factor_rate=FLAGS.factor_rate)
   seconds = time.perf_counter() - start
   gap_start = time.perf_counter()
   gap = amortization_gap(model, x)
@@ -98,6 +102,8 @@ def _optimizer_note():
            if FLAGS[k].value is not None]
   if FLAGS.evaluate_every != 1:
     parts.append(f'full-data evaluation every {FLAGS.evaluate_every} epochs')
+  if FLAGS.factor_rate != 1.0:
+    parts.append(f'low-rank factor rate {FLAGS.factor_rate:g}')
   return f' (amortized: {", ".join(parts)})' if parts else ''
 
 
@@ -153,7 +159,7 @@ def main(argv):
     json.dump({'flags': {k: FLAGS[k].value for k in (
         'num_patches', 'num_latents', 'rank', 'seconds', 'seed',
         'posterior_steps', 'rows', 'learning_rate', 'batch_size',
-        'evaluate_every')},
+        'evaluate_every', 'factor_rate')},
                'results': results}, f, indent=1)
   with open(stem + '.md', 'w') as f:
     f.write('\n'.join(lines) + '\n')

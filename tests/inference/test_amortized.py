@@ -1,6 +1,7 @@
 """Amortized training: encoders, F rises, annealing, evaluation, resume;
 the sampled (Monte-Carlo) ELBO objective and its dictionary gradients."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,6 +17,7 @@ from tfp_esc.inference.amortized import (
   make_amortized_model,
 )
 from tfp_esc.evaluation.evaluate import amortization_gap
+from tfp_esc.inference._checkpoint import CheckpointError
 from tfp_esc.inference._training import elbo_has_stalled
 from tfp_esc.inference.elbo_comparison import dictionary_gradient_variance
 from tfp_esc.model.sparse_coding import normalize_columns
@@ -48,6 +50,29 @@ def test_encoder_outputs_and_posterior(family, rank, shapes):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match='too large'):
     make_encoder(256, 100, 'full')
+
+
+@pytest.mark.parametrize('factor_rate', [1.0, 0.1])
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+def test_low_rank_factor_learns_at_factor_rate(dtype, factor_rate):
+  # U = c (h K + b), h the features the read-outs share: Adam moves K and b
+  # by about its rate, so U moves c times as fast.
+  encoder = make_encoder(25, 10, 'lowrank', 3, hidden_units=16, seed=3,
+                         dtype=dtype, factor_rate=factor_rate)
+  x = np.random.default_rng(0).standard_normal((6, 25)).astype(dtype)
+  features = keras.Model(encoder.inputs[0],
+                         encoder.get_layer('final_act').output)(x)
+  kernel, bias = encoder.get_layer('factor_flat').get_weights()
+  expected = factor_rate * (features.numpy() @ kernel + bias)
+  factor = encoder(x)['factor'].numpy()
+  tol = 1e-12 if dtype == 'float64' else 1e-6
+  np.testing.assert_allclose(factor, expected.reshape(6, 10, 3), rtol=tol,
+                             atol=tol)
+  # The kernel starts 1 / c times as large, so U starts small, but not at
+  # U = 0 (a stationary point), whatever c: entries ~ 1e-2.
+  assert 2e-3 < np.std(factor) < 5e-2
+  with pytest.raises(ValueError, match='factor_rate'):
+    make_encoder(25, 10, 'lowrank', 3, factor_rate=0.0)
 
 
 @pytest.mark.parametrize('family', ['diagonal', 'lowrank'])
@@ -141,6 +166,17 @@ def test_resume_equals_uninterrupted_run(x, tmp_path, objective):
   np.testing.assert_allclose(history['elbo'], whole_history['elbo'],
                              rtol=1e-5)
   assert history['epoch'] == [0, 1, 2]
+
+
+def test_factor_rate_is_part_of_the_run(x, tmp_path):
+  # A low-rank checkpoint trained with another factor_rate is another
+  # model: resuming it is refused, naming the setting.
+  path = str(tmp_path / 'state')
+  options = dict(SMALL, posterior='lowrank', rank=2, checkpoint_path=path)
+  fit_amortized(x, 10, epochs=1, factor_rate=0.1, **options)
+  with pytest.raises(CheckpointError, match='factor_rate'):
+    fit_amortized(x, 10, epochs=2, resume=True, **options)
+  fit_amortized(x, 10, epochs=2, resume=True, factor_rate=0.1, **options)
 
 
 def test_checkpoint_is_a_plain_tf_train_checkpoint(x, tmp_path):

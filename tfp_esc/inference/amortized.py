@@ -109,7 +109,16 @@ also dropped by 6 to 13 nats at three evaluations of the 60 s run (epochs
 89, 144, 194) and recovered within 10 epochs, which the diagonal one
 never did. On these unseen photographs (H = 64) the low-rank family does
 not pay for itself; on the default patches (H = 100) D beats C at equal
-epochs (above), not yet measured at equal time.
+epochs (above), not yet measured at equal time. At larger H and faster
+learning rates the factor's read-out itself destabilised training (60 s,
+Adam 5e-3 on 1,024: H = 100 84.78 against the diagonal family's 116.55,
+H = 256 -14.3 against 70.99); `factor_rate=0.1` (the read-out learns at a
+tenth of Adam's rate, `tfp_esc.posterior.encoders`) gave 113.35 and 21.0
+there, but costs D its lead at the paper's protocol (82.47 against C's
+82.56), so it is not the default. At H = 64 it made no clear difference
+(`benchmarks/results/amortization_gap_2026-12-03_s27_factor_rate_60s.md`:
+65.29 against the diagonal family's 67.53; runs of the same command
+differ by about a nat).
 
 Refined posteriors (semi-amortized inference, Kim et al. 2018). With
 `posterior_steps` K > 0 (diagonal family, analytic objective) the
@@ -1005,7 +1014,8 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
                          learning_rate=1e-3, seed=0, hidden_units=256,
                          num_blocks=2, objective='analytic', num_samples=1,
                          jit_compile='auto', family=None,
-                         posterior_steps=0, refine_in_training=True):
+                         posterior_steps=0, refine_in_training=True,
+                         factor_rate=1.0):
   """A compiled, untrained `AmortizedSparseCoding` for data like x.
 
   Same arguments, same initial weights: the encoder and V depend only on
@@ -1027,6 +1037,9 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
     family: deprecated name of `posterior`.
     posterior_steps: K >= 0 (`AmortizedSparseCoding`).
     refine_in_training: bool (`AmortizedSparseCoding`).
+    factor_rate: c > 0: the low-rank factor's read-out learns at c times
+      Adam's rate (`tfp_esc.posterior.encoders`; 0.1 for learning rates
+      well above the paper's 1e-3).
 
   Returns:
     `AmortizedSparseCoding` compiled with Adam.
@@ -1058,7 +1071,7 @@ def make_amortized_model(x, num_latents, *, posterior='diagonal', rank=5,
   keras.utils.set_random_seed(seed)
   encoder = make_encoder(num_observed, num_latents, posterior, rank,
                          hidden_units, num_blocks, seed=seed,
-                         dtype=x.dtype.name)
+                         dtype=x.dtype.name, factor_rate=factor_rate)
   model = AmortizedSparseCoding(encoder, num_observed, num_latents, posterior,
                                 seed=seed, objective=objective,
                                 data_scale=scale,
@@ -1079,7 +1092,8 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
                   objective='analytic', num_samples=1, family=None,
                   strategy=None, early_stopping_patience=None,
                   early_stopping_min_delta=0.0, posterior_steps=0,
-                  refine_in_training=True, evaluate_every=1, callbacks=None):
+                  refine_in_training=True, evaluate_every=1, callbacks=None,
+                  factor_rate=1.0):
   """Trains encoder and dictionary by Adam on F_a (the Keras way).
 
   Args:
@@ -1133,6 +1147,9 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
       and the cost of an epoch are those of the posterior_steps = 0 run;
       only the returned model's posteriors (`posterior`,
       `amortized_posterior`, `evaluate_amortized`) are refined.
+    factor_rate: c > 0, the low-rank factor's read-out learns at c times
+      Adam's rate (`make_amortized_model`); recorded in the checkpoint
+      where not 1.
 
     evaluate_every: k >= 1: the full-data evaluation behind the history
       (with the checkpoint, early stopping and `on_epoch_end`) after every
@@ -1208,7 +1225,7 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
         seed=seed, hidden_units=hidden_units, num_blocks=num_blocks,
         objective=objective, num_samples=num_samples,
         posterior_steps=posterior_steps,
-        refine_in_training=refine_in_training)
+        refine_in_training=refine_in_training, factor_rate=factor_rate)
   history, seconds, initial_epoch = {}, 0.0, 0
   config = {**(checkpoint_config or {})}
   for k, v in dict(
@@ -1224,6 +1241,9 @@ def fit_amortized(x, num_latents, *, posterior='diagonal', rank=5,
     config.setdefault('posterior_steps', posterior_steps)
   if not refine_in_training:
     config.setdefault('refine_in_training', False)
+  if factor_rate != 1.0 and posterior == 'lowrank':
+    # Only where set, so checkpoints of earlier runs still resume.
+    config.setdefault('factor_rate', float(factor_rate))
   if _checkpoint.check_start(checkpoint_path, resume, overwrite):
     with strategy.scope():
       state = _restore_state(checkpoint_path, model, config)
