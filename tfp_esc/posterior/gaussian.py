@@ -56,11 +56,16 @@ def _dictionary_times(dictionary, matrices):
   points (D = 256, H = 100, R = 5) took 15.7 ms forward and backward with
   the einsum, which made an amortized low-rank step cost 4x a diagonal one.
   """
+  return _transposed_times(matrices, tf.transpose(dictionary))
+
+
+def _transposed_times(matrices, right):
+  """M_n^T A `[..., K, C]` for M `[..., H, K]` and A `[H, C]`, as one 2-D
+  matmul of the stacked M_n^T `[N K, H]` (see `_dictionary_times`)."""
   shape = tf.shape(matrices)
   stacked = tf.reshape(tf.linalg.matrix_transpose(matrices), [-1, shape[-2]])
-  product = tf.matmul(stacked, dictionary, transpose_b=True)
-  return tf.reshape(product, tf.concat(
-      [shape[:-2], [shape[-1], tf.shape(dictionary)[0]]], axis=0))
+  return tf.reshape(tf.matmul(stacked, right), tf.concat(
+      [shape[:-2], [shape[-1], tf.shape(right)[1]]], axis=0))
 
 
 def _softplus(floor, dtype):
@@ -319,11 +324,9 @@ class LowRankGaussian(GaussianPosterior):
     # mask makes the Gram matrix differ per point, so then W U itself.
     if mask is None:
       gram = tf.matmul(dictionary, dictionary, transpose_a=True)
-      stacked = tf.linalg.matrix_transpose(self.factor)          # [..., R, H]
-      gram_factor = tf.reshape(
-          tf.matmul(tf.reshape(stacked, [-1, tf.shape(stacked)[-1]]), gram),
-          tf.shape(stacked))
-      wu2 = tf.reduce_sum(stacked * gram_factor, [-2, -1])
+      wu2 = tf.reduce_sum(
+          tf.linalg.matrix_transpose(self.factor)
+          * _transposed_times(self.factor, gram), [-2, -1])
     else:
       wu2 = tf.reduce_sum(mask * tf.reduce_sum(
           tf.square(_dictionary_times(dictionary, self.factor)), -2), -1)
