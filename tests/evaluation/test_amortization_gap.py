@@ -56,3 +56,19 @@ def test_a_second_gap_reuses_the_compiled_refit_and_not_the_data(trained):
   assert first['refit_elbo'] != reused['refit_elbo']
   for key in ('encoder_elbo', 'refit_elbo', 'refit_noise_variance'):
     assert reused[key] == fresh[key], key
+
+
+def test_lowrank_refit_starts_at_the_encoder_and_never_lowers_it():
+  # The correlated families' re-fit (joint L-BFGS) is warm-started at the
+  # model's posteriors, so one short call already cannot end below the
+  # encoder's F (from a fresh start it would, far below).
+  x = make_bars(num_points=300, seed=1).x
+  model, _ = fit_amortized(x, 10, posterior='lowrank', rank=2, epochs=40,
+                           batch_size=100, seed=0, hidden_units=32,
+                           verbose=0)
+  gap = amortization_gap(model, x, max_calls=1)
+  assert gap['refit_elbo'] >= gap['encoder_elbo'] - 1e-5 * abs(
+      gap['encoder_elbo'])
+  assert gap['gap'] > 0.5
+  with pytest.raises(ValueError, match='max_calls'):
+    amortization_gap(model, x, max_calls=0)

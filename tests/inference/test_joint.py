@@ -153,3 +153,58 @@ def test_bad_inputs_raise_before_work(bars):
     fit_joint(bars.x, 10, posterior='lowrank')
   with pytest.raises(ValueError, match='x must have rank 2'):
     fit_joint(bars.x[0], 10)
+
+
+@pytest.mark.parametrize('posterior, rank', [('diagonal', None),
+                                             ('lowrank', 2), ('full', None)])
+def test_warm_start_begins_at_the_given_posteriors(bars, posterior, rank):
+  # fit_joint(init_posterior=q) starts at q: its first trace entry is F at
+  # q, and L-BFGS only raises it from there.
+  from tfp_esc.objective.elbo import entropy_elbo as f_at  # the reference F
+  from tfp_esc.posterior.gaussian import get_family
+  rng = np.random.default_rng(8)
+  n, h = bars.x.shape[0], bars.dictionary.shape[1]
+  loc = rng.standard_normal((n, h)) * 0.3
+  scale = rng.uniform(0.05, 0.3, (n, h))
+  if posterior == 'diagonal':
+    q = get_family(posterior)(loc, scale)
+  elif posterior == 'lowrank':
+    q = get_family(posterior)(loc, scale, rng.standard_normal((n, h, 2)) * 0.05)
+  else:
+    q = get_family(posterior)(loc, np.tril(
+        rng.standard_normal((n, h, h)) * 0.02, -1) + np.eye(h) * scale[
+            :, None, :])
+  fit = fit_joint(bars.x, init_dictionary=bars.dictionary,
+                  train_dictionary=False, posterior=posterior, rank=rank,
+                  init_posterior=q, max_calls=2, max_iterations=20,
+                  log_every=0)
+  start = float(f_at(bars.x, bars.dictionary, q).elbo)
+  np.testing.assert_allclose(fit.trace['elbo'][0], start, rtol=1e-10)
+  assert fit.elbo >= start
+  assert fit.elbo > start + 0.1   # it does move
+
+
+def test_warm_start_is_checked_before_work(bars):
+  from tfp_esc.posterior.gaussian import DiagonalGaussian, LowRankGaussian
+  n, h = bars.x.shape[0], bars.dictionary.shape[1]
+  q = DiagonalGaussian(np.zeros((n, h)), np.full((n, h), 0.1))
+  options = dict(init_dictionary=bars.dictionary, train_dictionary=False,
+                 max_calls=1, log_every=0)
+  with pytest.raises(TypeError, match='init_posterior must be a LowRank'):
+    fit_joint(bars.x, posterior='lowrank', rank=2, init_posterior=q,
+              **options)
+  options = dict(options, posterior='diagonal')
+  with pytest.raises(ValueError, match='init_posterior has means of shape'):
+    fit_joint(bars.x, init_posterior=DiagonalGaussian(
+        np.zeros((n - 1, h)), np.full((n - 1, h), 0.1)), **options)
+  with pytest.raises(ValueError, match='init_posterior has dtype'):
+    fit_joint(bars.x, init_posterior=DiagonalGaussian(
+        np.zeros((n, h), np.float32), np.full((n, h), 0.1, np.float32)),
+              **options)
+  with pytest.raises(ValueError, match='init_posterior has rank 3'):
+    fit_joint(bars.x, rank=2, init_posterior=LowRankGaussian(
+        np.zeros((n, h)), np.full((n, h), 0.1), np.zeros((n, h, 3))),
+              **dict(options, posterior='lowrank'))
+  with pytest.raises(ValueError, match='not above the floor'):
+    fit_joint(bars.x, init_posterior=DiagonalGaussian(
+        np.zeros((n, h)), np.full((n, h), 1e-6)), **options)

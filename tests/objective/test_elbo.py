@@ -580,6 +580,21 @@ def test_lowrank_init_is_reproducible(seed):
                                 second['factor'].numpy())
 
 
+@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_to_unconstrained_inverts_from_unconstrained(family, dtype):
+  rng = _seed(28, _family_seed(family))
+  q, _, _ = make_posterior(family, rng, 5, 4, 2, dtype)
+  cls = get_family(family)
+  for floor in (1e-3, 0.1):
+    back = cls.from_unconstrained(q.to_unconstrained(floor), floor)
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(back.loc.numpy(), q.loc.numpy(), rtol=rtol)
+    np.testing.assert_allclose(back.covariance().numpy(),
+                               q.covariance().numpy(), rtol=rtol,
+                               atol=rtol * 1e-3)
+
+
 def test_full_data_elbo_from_minibatch_statistics():
   """F from summed per-batch statistics equals F of the whole data set."""
   from tfp_esc.objective.elbo import (

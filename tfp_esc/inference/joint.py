@@ -123,7 +123,7 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
               max_calls=100, max_iterations=200, num_correction_pairs=10,
               tolerance=1e-7, init_scale=INIT_SCALE, scale_floor=SCALE_FLOOR,
               seed=0, jit_compile=True, log_every=1, scales=None,
-              noise_variance=None):
+              noise_variance=None, init_posterior=None):
   """Maximises the entropy ELBO by repeated joint L-BFGS calls.
 
   With `scales` and `noise_variance` given (and `train_dictionary=False`),
@@ -161,6 +161,12 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
     scales: optional `[H]` positive, finite frozen lambda (for the unit-norm
       columns of the dictionary); give it together with `noise_variance`.
     noise_variance: optional positive, finite scalar frozen sigma^2.
+    init_posterior: optional `GaussianPosterior` of the `posterior` family
+      (and rank) with N points, in x's units and dtype: the posteriors
+      start there (a warm start, e.g. at an encoder's posteriors) instead
+      of at `init_scale`. L-BFGS never lowers its objective, so without
+      annealing the fitted ELBO is at least that of the start. Its scales
+      must exceed `scale_floor` times the data scale.
 
   Returns:
     `JointFitResult`; its `elbo` is L(scales, noise_variance) when those are
@@ -176,6 +182,8 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
       `train_dictionary=True` or a `schedule`; scales not `[H]` or
       noise_variance not a scalar (shapes printed); either not positive
       and finite.
+      `init_posterior` of another family, rank, shape or dtype, or with a
+      scale at or below the floor.
     FloatingPointError: the ELBO or parameters became NaN/inf (says where).
   """
   x, num_latents, init_dictionary, schedule, frozen_parameters = _check_args(
@@ -190,6 +198,8 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   if frozen_parameters is not None:
     frozen_parameters = (frozen_parameters[0] / data_scale,
                          frozen_parameters[1] / data_scale**2)
+  _check_init_posterior(init_posterior, posterior, rank, x,
+                        num_latents, scale_floor * data_scale)
   x = tf.constant(x / np.asarray(data_scale, x.dtype))
   dtype = x.dtype
   num_points, num_observed = x.shape
@@ -203,9 +213,13 @@ def fit_joint(x, num_latents=None, *, posterior='full', rank=None,
   # of the initial dictionary as means (module doc); otherwise means are 0.
   init_loc = (_least_squares_codes(x, init_dictionary)
               if train_dictionary and schedule(0).prior > 1.0 else None)
-  params = family.init_unconstrained(
-      num_points, num_latents, dtype, loc=init_loc, scale=init_scale,
-      rank=rank, seed=int(rng.integers(2**31)), floor=scale_floor)
+  if init_posterior is None:
+    params = family.init_unconstrained(
+        num_points, num_latents, dtype, loc=init_loc, scale=init_scale,
+        rank=rank, seed=int(rng.integers(2**31)), floor=scale_floor)
+  else:
+    params = _training.scale_posterior(
+        init_posterior, 1.0 / data_scale).to_unconstrained(scale_floor)
   names = tuple(sorted(params))
   parts = ([init_dictionary] if train_dictionary else []) + [
       params[k] for k in names]
@@ -437,6 +451,40 @@ def _check_frozen_parameters(scales, noise_variance, num_latents, dtype,
   _checks.check_positive(noise_variance, 'noise_variance')
   return scales, noise_variance
 
+
+
+def _check_init_posterior(init_posterior, posterior, rank, x, num_latents,
+                          minimum_scale):
+  """Checks `fit_joint`'s init_posterior (None passes) against the fit.
+
+  `minimum_scale` is the scale floor in x's units; every scale of the
+  start must exceed it.
+  """
+  if init_posterior is None:
+    return
+  family = get_family(posterior)
+  if not isinstance(init_posterior, family):
+    raise TypeError(f'init_posterior must be a {family.__name__} for '
+                    f'posterior={posterior!r}, got '
+                    f'{type(init_posterior).__name__}.')
+  expected = [x.shape[0], num_latents]
+  if init_posterior.loc.shape.as_list() != expected:
+    raise ValueError(f'init_posterior has means of shape '
+                     f'{init_posterior.loc.shape.as_list()}, expected [N, H] '
+                     f'= {expected}.')
+  if init_posterior.dtype.name != x.dtype.name:
+    raise ValueError(f'init_posterior has dtype {init_posterior.dtype.name}, '
+                     f'x has {x.dtype.name}.')
+  if posterior == 'lowrank' and init_posterior.rank != rank:
+    raise ValueError(f'init_posterior has rank {init_posterior.rank}, this '
+                     f'fit has rank={rank}.')
+  scales = (tf.linalg.diag_part(init_posterior.scale_tril)
+            if posterior == 'full' else init_posterior.scale)
+  smallest = float(tf.reduce_min(scales))
+  if not smallest > minimum_scale:
+    raise ValueError(f'init_posterior has a scale of {smallest:.3g}, not above '
+                     f'the floor scale_floor * data scale = '
+                     f'{minimum_scale:.3g}; pass a smaller scale_floor.')
 
 
 def _check_args(x, num_latents, posterior, rank, schedule, init_dictionary,

@@ -155,6 +155,11 @@ class GaussianPosterior(abc.ABC):
   def from_unconstrained(cls, params, floor=DEFAULT_SCALE_FLOOR):
     """Posterior from a dict of unconstrained parameters."""
 
+  @abc.abstractmethod
+  def to_unconstrained(self, floor=DEFAULT_SCALE_FLOOR):
+    """The unconstrained parameters (dict) that `from_unconstrained` maps
+    to self; every scale must exceed `floor`."""
+
 
 class DiagonalGaussian(GaussianPosterior):
   """q_n = N(loc_n, diag(scale_n^2)); `scale` `[..., H]` > 0."""
@@ -279,6 +284,21 @@ class FullGaussian(GaussianPosterior):
     return cls(params['loc'],
                cls._bijector(floor, dtype).forward(params['scale_tril']))
 
+  def to_unconstrained(self, floor=DEFAULT_SCALE_FLOOR):
+    """The unconstrained parameters that `from_unconstrained` maps to self.
+
+    Args:
+      floor: the parameterisation's scale floor; every diagonal entry of
+        `scale_tril` must exceed it.
+
+    Returns:
+      dict 'loc' `[..., H]`, 'scale_tril' `[..., H(H+1)/2]` (the inverse of
+      `tfb.FillScaleTriL` with the softplus-plus-floor diagonal).
+    """
+    return {'loc': self.loc,
+            'scale_tril': self._bijector(floor, self.dtype).inverse(
+                self.scale_tril)}
+
 
 class LowRankGaussian(GaussianPosterior):
   """q_n = N(loc_n, diag(scale_n^2) + U_n U_n^T).
@@ -369,6 +389,20 @@ class LowRankGaussian(GaussianPosterior):
     dtype = params['loc'].dtype
     return cls(params['loc'], _softplus(floor, dtype).forward(params['scale']),
                params['factor'])
+
+  def to_unconstrained(self, floor=DEFAULT_SCALE_FLOOR):
+    """The unconstrained parameters that `from_unconstrained` maps to self.
+
+    Args:
+      floor: the parameterisation's scale floor; every scale must exceed it.
+
+    Returns:
+      dict 'loc' `[..., H]`, 'scale' `[..., H]` (inverse softplus of
+      scale - floor), 'factor' `[..., H, R]` (U itself).
+    """
+    return {'loc': self.loc,
+            'scale': _softplus(floor, self.dtype).inverse(self.scale),
+            'factor': self.factor}
 
 
 FAMILIES = {
