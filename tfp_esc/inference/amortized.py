@@ -118,7 +118,16 @@ there, but costs D its lead at the paper's protocol (82.47 against C's
 82.56), so it is not the default. At H = 64 it made no clear difference
 (`benchmarks/results/amortization_gap_2026-12-03_s27_factor_rate_60s.md`:
 65.29 against the diagonal family's 67.53; runs of the same command
-differ by about a nat).
+differ by about a nat). Also tried (session 28), not adopted: the factor
+relative to the scales, U = diag(d) V with V the encoder's output (the same
+family; Adam's steps in V change the covariance in proportion to d, and the
+capacitance I + V^T V no longer depends on d). Same settings, full-data
+ELBO: H = 256 after 60 epochs 9.5 against U's -20.4 (diagonal 15.8), after
+60 s 18.3 (diagonal 79.9); H = 100 after 60 s 111.06 (diagonal 108.37, its
+last evaluation, down from 115.8); H = 64 after 300 epochs 67.50 without
+the falls U showed (67.13; diagonal 67.51). It behaves like a slow factor
+rate, and like `factor_rate=0.1` it costs D its lead at the paper's
+protocol: D 81.01 against C 82.56.
 
 Refined posteriors (semi-amortized inference, Kim et al. 2018). With
 `posterior_steps` K > 0 (diagonal family, analytic objective) the
