@@ -72,3 +72,4 @@ def test_lowrank_refit_starts_at_the_encoder_and_never_lowers_it():
   assert gap['gap'] > 0.5
   with pytest.raises(ValueError, match='max_calls'):
     amortization_gap(model, x, max_calls=0)
+

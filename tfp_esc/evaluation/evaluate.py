@@ -13,6 +13,7 @@ use the lambda*, sigma^2* of the test data, i.e. refit part of the model).
 """
 
 import functools
+import math
 
 import numpy as np
 
@@ -239,22 +240,23 @@ def amortization_gap(model, x, *, iterations=300, batch_size=512,
   encoder = evaluate_amortized(model, x, batch_size=batch_size)
   dictionary = model.dictionary.numpy().astype(x.dtype)
   q = amortized_posterior(model, x, batch_size=batch_size)
+  # Every re-fit keeps its scales above a floor below the start's.
+  smallest = float(tf.reduce_min(q.floored_scale()))
   if model.family != 'diagonal':
-    smallest = float(tf.reduce_min(
-        q.scale if model.family == 'lowrank'
-        else tf.linalg.diag_part(q.scale_tril)))
+    # fit_joint compiles once per floor (a static setting): a power of ten
+    # lets the re-fits of other models on such data reuse the compilation.
+    floor = min(JOINT_SCALE_FLOOR, 10.0**math.floor(
+        math.log10(0.5 * smallest / data_scale(x))))
     refit = fit_joint(
         x, init_dictionary=dictionary, train_dictionary=False,
         posterior=model.family,
         rank=q.rank if model.family == 'lowrank' else None,
         init_posterior=q, max_calls=max_calls, max_iterations=200,
-        scale_floor=min(JOINT_SCALE_FLOOR,
-                        0.5 * smallest / data_scale(x)), log_every=0)
+        scale_floor=floor, log_every=0)
     refit_elbo, refit_noise_variance = refit.elbo, refit.noise_variance
   else:
     loc, scale = q.loc.numpy(), q.scale.numpy()
-    floor = min(RELATIVE_SCALE_FLOOR * data_scale(x),
-                0.5 * float(scale.min()))
+    floor = min(RELATIVE_SCALE_FLOOR * data_scale(x), 0.5 * smallest)
     loc, scale = _refit_e_step()(
         tf.constant(x), tf.constant(dictionary), tf.constant(loc),
         tf.constant(scale), tf.constant(iterations),

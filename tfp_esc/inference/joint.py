@@ -478,9 +478,7 @@ def _check_init_posterior(init_posterior, posterior, rank, x, num_latents,
   if posterior == 'lowrank' and init_posterior.rank != rank:
     raise ValueError(f'init_posterior has rank {init_posterior.rank}, this '
                      f'fit has rank={rank}.')
-  scales = (tf.linalg.diag_part(init_posterior.scale_tril)
-            if posterior == 'full' else init_posterior.scale)
-  smallest = float(tf.reduce_min(scales))
+  smallest = float(tf.reduce_min(init_posterior.floored_scale()))
   if not smallest > minimum_scale:
     raise ValueError(f'init_posterior has a scale of {smallest:.3g}, not above '
                      f'the floor scale_floor * data scale = '

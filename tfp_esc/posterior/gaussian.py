@@ -156,6 +156,13 @@ class GaussianPosterior(abc.ABC):
     """Posterior from a dict of unconstrained parameters."""
 
   @abc.abstractmethod
+  def floored_scale(self):
+    """The scales the unconstrained parameterisation floors: `[..., H]`.
+
+    `scale` (diagonal, low-rank d) or the diagonal of `scale_tril` (full).
+    """
+
+  @abc.abstractmethod
   def to_unconstrained(self, floor=DEFAULT_SCALE_FLOOR):
     """The unconstrained parameters (dict) that `from_unconstrained` maps
     to self; every scale must exceed `floor`."""
@@ -206,6 +213,9 @@ class DiagonalGaussian(GaussianPosterior):
   def from_unconstrained(cls, params, floor=DEFAULT_SCALE_FLOOR):
     dtype = params['loc'].dtype
     return cls(params['loc'], _softplus(floor, dtype).forward(params['scale']))
+
+  def floored_scale(self):
+    return self.scale
 
   def to_unconstrained(self, floor=DEFAULT_SCALE_FLOOR):
     """The unconstrained parameters that `from_unconstrained` maps to self.
@@ -283,6 +293,9 @@ class FullGaussian(GaussianPosterior):
     dtype = params['loc'].dtype
     return cls(params['loc'],
                cls._bijector(floor, dtype).forward(params['scale_tril']))
+
+  def floored_scale(self):
+    return tf.linalg.diag_part(self.scale_tril)
 
   def to_unconstrained(self, floor=DEFAULT_SCALE_FLOOR):
     """The unconstrained parameters that `from_unconstrained` maps to self.
@@ -389,6 +402,9 @@ class LowRankGaussian(GaussianPosterior):
     dtype = params['loc'].dtype
     return cls(params['loc'], _softplus(floor, dtype).forward(params['scale']),
                params['factor'])
+
+  def floored_scale(self):
+    return self.scale
 
   def to_unconstrained(self, floor=DEFAULT_SCALE_FLOOR):
     """The unconstrained parameters that `from_unconstrained` maps to self.
