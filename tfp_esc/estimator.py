@@ -150,7 +150,9 @@ def _heldout_e_step(jit_compile):
                      tf.ones([3], dtype), iterations=iterations, floor=floor,
                      scales=scales, noise_variance=noise_variance)
 
-  return tf.function(step, jit_compile=jit_compile, reduce_retracing=True)
+  # autograph=False: see `tfp_esc.inference.mm` ("Compiling it").
+  return tf.function(step, jit_compile=jit_compile, reduce_retracing=True,
+                     autograph=False)
 
 
 class SparseCoding(ClassNamePrefixFeaturesOutMixin, TransformerMixin,

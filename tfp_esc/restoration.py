@@ -1405,7 +1405,8 @@ def _posterior_step(patch_noise):
     sigma_n^2* at the final posteriors `[B]`).
   """
 
-  @tf.function(jit_compile=True)
+  # autograph=False: see `tfp_esc.inference.mm` ("Compiling it").
+  @tf.function(jit_compile=True, autograph=False)
   def step(x, mask, w, scales, noise, start_scale, floor, iterations,
            scale_rounds):
     dtype = x.dtype

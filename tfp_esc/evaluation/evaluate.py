@@ -289,4 +289,5 @@ def _refit_e_step():
     return mm_e_step(x, dictionary, loc, scale, tf.ones([3], x.dtype),
                      iterations=iterations, floor=floor)
 
-  return tf.function(refit, jit_compile=True)
+  # autograph=False: see `tfp_esc.inference.mm` ("Compiling it").
+  return tf.function(refit, jit_compile=True, autograph=False)

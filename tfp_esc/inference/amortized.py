@@ -513,8 +513,10 @@ class AmortizedSparseCoding(keras.Model):
                       coefficients, scales, noise_variance)]
     if tf.executing_eagerly():
       if self._refine_function is None:
+        # autograph=False: see `tfp_esc.inference.mm` ("Compiling it").
         self._refine_function = tf.function(self._refine,
-                                            reduce_retracing=True)
+                                            reduce_retracing=True,
+                                            autograph=False)
       loc, scale = self._refine_function(*args)
     else:
       loc, scale = self._refine(*args)

@@ -492,7 +492,9 @@ class _PaperSteps:
     self._pairs = pairs
 
     def compiled(f, jit):
-      return tf.function(f, jit_compile=jit, reduce_retracing=True)
+      # autograph=False: see `tfp_esc.inference.mm` ("Compiling it").
+      return tf.function(f, jit_compile=jit, reduce_retracing=True,
+                         autograph=False)
 
     lbfgs = functools.partial(self._lbfgs_e_step, iterations)
     if self.e_step_method == 'lbfgs':

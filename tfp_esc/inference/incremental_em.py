@@ -352,13 +352,15 @@ class IncrementalEMTrainer:
                      tf.TensorSpec([], dtype), tf.TensorSpec([], dtype),
                      tf.TensorSpec([h], dtype), tf.TensorSpec([], dtype)),
                  tf.TensorSpec([], tf.int32)]
+    # autograph=False: see `tfp_esc.inference.mm` ("Compiling it").
     self._coupled_step = tf.function(self._batch_step, jit_compile=jit_compile,
+                                     autograph=False,
                                      input_signature=signature)
     self._fixed_step = tf.function(
-        self._batch_step, jit_compile=jit_compile,
+        self._batch_step, jit_compile=jit_compile, autograph=False,
         input_signature=signature + [tf.TensorSpec([h], dtype)])
     self._held_step = tf.function(
-        self._held_batch_step, jit_compile=jit_compile,
+        self._held_batch_step, jit_compile=jit_compile, autograph=False,
         input_signature=signature[:5] + [tf.TensorSpec([h], dtype),
                                          tf.TensorSpec([], dtype),
                                          tf.TensorSpec([], tf.int32)])

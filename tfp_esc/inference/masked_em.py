@@ -129,7 +129,8 @@ def _masked_em_iteration(learn_noise):
     the posteriors after the E-step with the incoming w).
   """
 
-  @tf.function(jit_compile=True)
+  # autograph=False: see `tfp_esc.inference.mm` ("Compiling it").
+  @tf.function(jit_compile=True, autograph=False)
   def iterate(x, mask, w, loc, scale, e_iterations, floor, noise_variance):
     fixed_noise = None if learn_noise else noise_variance
     loc, scale = mm_e_step(x, w, loc, scale, tf.ones([3], x.dtype),

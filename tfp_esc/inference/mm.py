@@ -77,6 +77,15 @@ the quadratic becomes nu^T W^T M_n W nu with M_n = diag(m_n), applied as
 W^T (m_n * (W nu)) at the same cost per iteration (two `[B, D] x [D, H]`
 products instead of one `[B, H] x [H, H]`), G_hh becomes sum_d m_nd W_dh^2,
 and the same L bounds every W^T M_n W (M_n <= I).
+
+Compiling it: every loop here is an explicit `tf.while_loop` and no Python
+branch depends on a tensor's value, so the library's `tf.function`s around
+`mm_e_step` pass `autograph=False`. Autograph's conversion of this module's
+source was most of the first trace: incremental EM's first epoch (8,192
+unseen 16 x 16 patches, H = 64, B = 512, prior annealing, two compiled
+steps) took 6.6 s with it and 4.3 s without, the ELBOs equal bit for bit
+(the first trace: 2.1 s with it, 0.25 s without; each of the two XLA
+compilations about 1.4 s).
 """
 
 import math
