@@ -295,6 +295,47 @@ def test_per_point_noise_equals_separate_runs():
                                    atol=1e-12)
 
 
+@pytest.mark.parametrize('with_context', [False, True])
+def test_hold_scales_switches_between_free_and_held_lambda(with_context):
+  """One compiled function with hold_scales equals the two calls it
+  replaces: lambda held at `scales` where true, lambda* free where false."""
+  x, w, loc, scale = _problem(11, 5, 6, 4)
+  held = np.random.default_rng(3).uniform(0.2, 2.0, 4)
+  context = (_context(11, 6, w) if with_context
+             else empty_context(4, tf.float64))
+  # Few iterations: with lambda* free the objective is flat along a common
+  # rescaling of the codes (module doc), and over 30 iterations rounding
+  # differences of 1e-16 (another XLA fusion, or eager) grow to 1e-7 in
+  # the parameters while F agrees to 1e-15.
+  kwargs = dict(iterations=tf.constant(5), floor=FLOOR, context=context)
+  coefficients = np.array([1.0, 1.0, 1.0])
+
+  def run(**mode):
+    step = tf.function(lambda *args: mm_e_step(*args, **kwargs, **mode),
+                       jit_compile=True, autograph=False)
+    return [t.numpy() for t in step(x, w, loc, scale, coefficients)]
+
+  got_free = run(scales=held, hold_scales=tf.constant(False))
+  got_held = run(scales=held, hold_scales=tf.constant(True))
+  want_free = run()
+  want_held = run(scales=held)
+  for got, want in ((got_free, want_free), (got_held, want_held)):
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+  # The two modes differ here, so the check above can tell them apart.
+  assert np.max(np.abs(want_free[0] - want_held[0])) > 1e-3
+
+
+def test_hold_scales_refuses_what_it_cannot_do():
+  x, w, loc, scale = _problem(9, 3, 6, 4)
+  kwargs = dict(iterations=2, floor=FLOOR, hold_scales=True)
+  with pytest.raises(ValueError, match='hold_scales needs scales'):
+    mm_e_step(x, w, loc, scale, (1.0, 1.0, 1.0), **kwargs)
+  with pytest.raises(ValueError, match='rescale'):
+    mm_e_step(x, w, loc, scale, (1.0, 1.0, 1.0), scales=np.ones(4),
+              rescale=True, **kwargs)
+
+
 def test_per_point_noise_refuses_the_rescaling():
   x, w, loc, scale = _problem(9, 3, 6, 4)
   with pytest.raises(ValueError, match='scalar noise_variance'):

@@ -352,13 +352,13 @@ class IncrementalEMTrainer:
                      tf.TensorSpec([], dtype), tf.TensorSpec([], dtype),
                      tf.TensorSpec([h], dtype), tf.TensorSpec([], dtype)),
                  tf.TensorSpec([], tf.int32)]
-    # autograph=False: see `tfp_esc.inference.mm` ("Compiling it").
-    self._coupled_step = tf.function(self._batch_step, jit_compile=jit_compile,
-                                     autograph=False,
-                                     input_signature=signature)
-    self._fixed_step = tf.function(
+    # autograph=False: see `tfp_esc.inference.mm` ("Compiling it"). One
+    # function for lambda free and lambda held (`mm_e_step`'s hold_scales):
+    # one XLA compilation instead of two in the first epoch.
+    self._step = tf.function(
         self._batch_step, jit_compile=jit_compile, autograph=False,
-        input_signature=signature + [tf.TensorSpec([h], dtype)])
+        input_signature=signature + [tf.TensorSpec([h], dtype),
+                                     tf.TensorSpec([], tf.bool)])
     self._held_step = tf.function(
         self._held_batch_step, jit_compile=jit_compile, autograph=False,
         input_signature=signature[:5] + [tf.TensorSpec([h], dtype),
@@ -375,19 +375,29 @@ class IncrementalEMTrainer:
   # -- the compiled batch step ------------------------------------------------
 
   def _batch_step(self, x, dictionary, loc, scale, coefficients, context,
-                  iterations, scales=None, noise_variance=None):
+                  iterations, scales=None, hold_scales=None,
+                  noise_variance=None):
     loc, scale = mm_e_step(x, dictionary, loc, scale, coefficients,
                            iterations=iterations, floor=self.floor,
                            context=context, scales=scales,
+                           hold_scales=hold_scales,
                            noise_variance=noise_variance,
                            inner_iterations=INNER_ITERATIONS)
     return loc, scale, _contribution(x, loc, scale)
+
+  def _e_step(self, arguments, scales=None):
+    """`_step` on `arguments` (x, dictionary, loc, scale, coefficients,
+    context, iterations) with lambda held at `scales` `[H]`, or free."""
+    held = scales is not None
+    if not held:
+      scales = tf.ones([self.num_latents], self.dtype)   # Not used.
+    return self._step(*arguments, scales, tf.constant(held))
 
   def _held_batch_step(self, x, dictionary, loc, scale, coefficients, scales,
                        noise_variance, iterations):
     """`_batch_step` with lambda and sigma^2 held (no context needed)."""
     return self._batch_step(x, dictionary, loc, scale, coefficients, None,
-                            iterations, scales, noise_variance)
+                            iterations, scales, noise_variance=noise_variance)
 
   def _replica_share(self, x, dictionary, loc, scale, *held):
     """`_held_step` on this replica's contiguous share of the points (the
@@ -477,10 +487,8 @@ class IncrementalEMTrainer:
       new_loc, new_scale, new = self._data_parallel_e_step(
           self.sums, x, self.w, loc, scale, coefficients,
           None if scales is None else self._annealing_scales, iterations)
-    elif scales is None:
-      new_loc, new_scale, new = self._coupled_step(*arguments)
     else:
-      new_loc, new_scale, new = self._fixed_step(*arguments, scales)
+      new_loc, new_scale, new = self._e_step(arguments, scales)
     new_loc, new_scale = np.asarray(new_loc), np.asarray(new_scale)
     if not (np.all(np.isfinite(new_loc)) and np.all(np.isfinite(new_scale))):
       raise FloatingPointError(
@@ -676,10 +684,10 @@ class IncrementalEMTrainer:
             coefficients, None, self.refine_e_step_iterations)
       else:
         context = (total - parts[k]).context(dictionary, self.dtype)
-        loc, scale, new = self._coupled_step(
-            tf.constant(self.x[indices]), w, tf.constant(self.loc[indices]),
-            tf.constant(scale), coefficients, context,
-            tf.constant(self.refine_e_step_iterations))
+        loc, scale, new = self._e_step(
+            (tf.constant(self.x[indices]), w, tf.constant(self.loc[indices]),
+             tf.constant(scale), coefficients, context,
+             tf.constant(self.refine_e_step_iterations)))
       self.loc[indices] = np.asarray(loc)
       self.scale[indices] = np.asarray(scale)
       new = _Sums(float(len(indices)), *(np.asarray(v, np.float64)
