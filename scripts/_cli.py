@@ -6,7 +6,9 @@ silenced, so TensorFlow's C++ log lines (oneDNN, CUDA probing, XLA service,
 grappler's `remapper failed`, ...) stay out of the output. To bring them
 back, pass --verbosity=1 (or higher; absl's flag, which also shows debug
 Python logs) or set TF_CPP_MIN_LOG_LEVEL yourself, e.g.
-TF_CPP_MIN_LOG_LEVEL=0.
+TF_CPP_MIN_LOG_LEVEL=0. It also turns on the cache of compiled steps
+(`tfp_esc._xla.use_compilation_cache`; TFP_ESC_COMPILATION_CACHE=off turns
+it off).
 
 `run(main)` replaces `absl.app.run(main)`: a bad flag or a bad input (the
 ValueError/TypeError/OSError the library raises before any work) ends the
@@ -67,6 +69,9 @@ def _import_tensorflow_quietly():
 
 
 _import_tensorflow_quietly()
+# Compiled steps kept on disk for the next run (tfp_esc._xla's module doc).
+from tfp_esc import _xla  # pylint: disable=g-import-not-at-top,wrong-import-position
+_xla.use_compilation_cache()
 # Matplotlib's font notes and TensorFlow's Python notes (a line per
 # checkpoint written) would otherwise reach absl's INFO log.
 logging.getLogger('matplotlib').setLevel(logging.WARNING)
