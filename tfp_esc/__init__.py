@@ -19,6 +19,8 @@ from tfp_esc.objective.elbo import classical_elbo, entropy_elbo
 from tfp_esc.objective.sampled import sampled_elbo
 from tfp_esc.posterior.gaussian import DiagonalGaussian, FullGaussian, LowRankGaussian
 
+use_compilation_cache = _xla.use_compilation_cache
+
 __version__ = '0.1.0'
 
 __all__ = [
@@ -36,4 +38,5 @@ __all__ = [
     'gini_index',
     'make_bars',
     'sampled_elbo',
+    'use_compilation_cache',
 ]

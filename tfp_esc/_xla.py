@@ -132,7 +132,8 @@ def compilation_cache_directory(environ=None, cpuinfo='/proc/cpuinfo'):
 
 
 def use_compilation_cache(environ=None, cpuinfo='/proc/cpuinfo'):
-  """Turns on TensorFlow's persistent XLA cache for CPU steps (module doc).
+  """Turns on TensorFlow's persistent XLA cache for CPU steps (`tfp_esc._xla`'s
+  module doc).
 
   Call it before the process compiles anything with XLA (TF_XLA_FLAGS is
   read once); `import tfp_esc` first, so that the folder's name includes
