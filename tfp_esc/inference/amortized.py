@@ -127,7 +127,15 @@ ELBO: H = 256 after 60 epochs 9.5 against U's -20.4 (diagonal 15.8), after
 last evaluation, down from 115.8); H = 64 after 300 epochs 67.50 without
 the falls U showed (67.13; diagonal 67.51). It behaves like a slow factor
 rate, and like `factor_rate=0.1` it costs D its lead at the paper's
-protocol: D 81.01 against C 82.56.
+protocol: D 81.01 against C 82.56. Also tried (session 29, a probe, one
+run each, seed 0; H = 64, 60 s, Adam 5e-3 on 1,024, full-data ELBO every
+5 epochs): the factor's read-out cut from the trunk's gradient (a
+stop_gradient on the features before `factor_flat`, so the factor cannot
+pull the shared layers towards itself): 67.18 after 240 epochs, no fall
+at its last evaluations (one to 54.2 earlier), against U as it is 66.13 at
+best and 59.27 at the end (a fall at its last evaluations) in 234 epochs,
+and the diagonal family's 68.04 in 321. Better than U, still behind the
+diagonal family at equal time; not adopted.
 
 Refined posteriors (semi-amortized inference, Kim et al. 2018). With
 `posterior_steps` K > 0 (diagonal family, analytic objective) the
