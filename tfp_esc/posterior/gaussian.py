@@ -407,18 +407,10 @@ class LowRankGaussian(GaussianPosterior):
     return self.scale
 
   def to_unconstrained(self, floor=DEFAULT_SCALE_FLOOR):
-    """The unconstrained parameters that `from_unconstrained` maps to self.
-
-    Args:
-      floor: the parameterisation's scale floor; every scale must exceed it.
-
-    Returns:
-      dict 'loc' `[..., H]`, 'scale' `[..., H]` (inverse softplus of
-      scale - floor), 'factor' `[..., H, R]` (U itself).
-    """
-    return {'loc': self.loc,
-            'scale': _softplus(floor, self.dtype).inverse(self.scale),
-            'factor': self.factor}
+    """`DiagonalGaussian.to_unconstrained` of (loc, d), plus 'factor'
+    `[..., H, R]` (U itself)."""
+    return dict(DiagonalGaussian(self.loc, self.scale).to_unconstrained(floor),
+                factor=self.factor)
 
 
 FAMILIES = {
