@@ -136,8 +136,8 @@ class BarsConfig:
     init_scale: initial posterior standard deviation, in units of the
       data's rms (fit_joint's INIT_SCALE: 0.1 on the bars' scale).
     dtype: 'float64' or 'float32'.
-    jit_compile: compile L-BFGS calls with XLA (faster long runs; slower to
-      start).
+    jit_compile: compile the ELBO's value and gradient with XLA (faster
+      long runs; slower to start).
     gini_samples: posterior samples per point for the Gini index.
   """
   seed: int = _field(0, minimum=0)

@@ -208,3 +208,58 @@ def test_warm_start_is_checked_before_work(bars):
   with pytest.raises(ValueError, match='not above the floor'):
     fit_joint(bars.x, init_posterior=DiagonalGaussian(
         np.zeros((n, h)), np.full((n, h), 1e-6)), **options)
+
+
+def _quadratic(centre):
+  """(value_and_gradient, minimum) of 0.5 (p - c)^T D (p - c), D = 1..P."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  weights = tf.range(1, len(centre) + 1, dtype=tf.float64)
+
+  @tf.function(autograph=False)
+  def value_and_gradient(flat, centre):
+    residual = flat - centre
+    return (0.5 * tf.reduce_sum(weights * residual**2), weights * residual)
+
+  return value_and_gradient
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_lbfgs_call_reaches_a_quadratics_minimum(dtype):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  centre = np.linspace(-2.0, 3.0, 12)
+  value_and_gradient = _quadratic(centre)
+  start = tf.zeros([12], dtype)
+  position, iterations, evaluations = joint._lbfgs_call(  # pylint: disable=protected-access
+      lambda p, c: value_and_gradient(tf.cast(p, tf.float64), c),
+      (tf.constant(centre),), start, 5, 200)
+  assert position.dtype == dtype
+  assert 0 < iterations <= evaluations
+  np.testing.assert_allclose(position.numpy(), centre,
+                             atol=1e-10 if dtype == np.float64 else 1e-5)
+
+
+def test_lbfgs_call_steps_back_from_nan_and_goes_on():
+  # The loss is NaN beyond p_0 = 1 (the minimum lies at p_0 = 3): the line
+  # search shortens such steps and the call goes on (lower values come
+  # after the first NaN), ending at its lowest finite evaluation.
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  centre = np.full(4, 3.0)
+  quadratic = _quadratic(centre)
+  seen = []
+
+  def value_and_gradient(flat, c):
+    value, gradient = quadratic(flat, c)
+    seen.append(float(value) if flat[0] <= 1.0 else np.nan)
+    nan = tf.constant(np.nan, tf.float64)
+    return (tf.where(flat[0] > 1.0, nan, value),
+            tf.where(flat[0] > 1.0, nan * gradient, gradient))
+
+  start = tf.zeros([4], tf.float64)
+  position, _, evaluations = joint._lbfgs_call(  # pylint: disable=protected-access
+      value_and_gradient, (tf.constant(centre),), start, 5, 100)
+  assert evaluations == len(seen) and np.isnan(seen).any()
+  value = float(quadratic(position, tf.constant(centre))[0])
+  assert position.numpy()[0] <= 1.0
+  assert value == min(v for v in seen if np.isfinite(v))
+  first_nan = int(np.flatnonzero(np.isnan(seen))[0])
+  assert value < min(seen[:first_nan])
