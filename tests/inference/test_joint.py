@@ -211,7 +211,7 @@ def test_warm_start_is_checked_before_work(bars):
 
 
 def _quadratic(centre):
-  """(value_and_gradient, minimum) of 0.5 (p - c)^T D (p - c), D = 1..P."""
+  """value_and_gradient(p, c) of 0.5 (p - c)^T D (p - c), D = diag(1..P)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   weights = tf.range(1, len(centre) + 1, dtype=tf.float64)
 

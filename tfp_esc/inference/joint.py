@@ -34,10 +34,11 @@ evaluations per iteration where SciPy's More-Thuente search spends 1.03
 to 1.2, and the graph took 13 s to compile on the bars against about 1 s
 for the value and gradient alone. Measured beside it in one process
 (`benchmarks/joint_lbfgs.py`, seed 0; seconds include compilation): the
-README's bars demo (N = 1000, full covariances, until converged) 317 s ->
-138 s, 87 -> 57 calls, ELBO -8.7222 -> -8.7303, all ten bars recovered
+README's bars demo (N = 1000, full covariances, until converged) 306 s ->
+144 s, 87 -> 57 calls, ELBO -8.7222 -> -8.7303, all ten bars recovered
 by both; a rank-5 re-fit of 4,096 unseen 16 x 16 patches for a fixed
-dictionary (H = 64) 72 s -> 56 s, ELBO 64.8686 -> 64.8616. The gain
+dictionary (H = 64, float32) 70 s -> 54 s, ELBO 64.8686 -> 64.8616
+(`benchmarks/results/joint_lbfgs_2026-12-03_s30.md`). The gain
 shrinks with the size: SciPy's bookkeeping over P parameters (setulb,
 about 64 ms per call at P = 1.8 million in that re-fit, twice per
 iteration) then costs as much as an evaluation. Each evaluation copies
@@ -445,14 +446,12 @@ def _lbfgs_call(value_and_gradient, arguments, flat, num_correction_pairs,
     search shortens the step and goes on.
   """
   dtype = flat.dtype
-  best = {'loss': math.inf, 'position': flat, 'evaluations': 0,
-          'iterations': 0}
+  best = {'loss': math.inf, 'position': flat}
 
   def loss_and_gradient(position):
     position = tf.constant(position, dtype)
     loss, gradient = value_and_gradient(position, *arguments)
     loss, gradient = float(loss), gradient.numpy().astype(np.float64)
-    best['evaluations'] += 1
     if not (math.isfinite(loss) and np.all(np.isfinite(gradient))):
       return best['loss'] + 1e3 * (1.0 + abs(best['loss'])), np.zeros_like(
           gradient)
@@ -460,15 +459,12 @@ def _lbfgs_call(value_and_gradient, arguments, flat, num_correction_pairs,
       best.update(loss=loss, position=position)
     return loss, gradient
 
-  def count_iteration(_):
-    best['iterations'] += 1
-
-  scipy.optimize.minimize(
+  result = scipy.optimize.minimize(
       loss_and_gradient, flat.numpy().astype(np.float64), jac=True,
-      method='L-BFGS-B', callback=count_iteration,
+      method='L-BFGS-B',
       options={'maxiter': max_iterations, 'maxfun': 4 * max_iterations,
                'maxcor': num_correction_pairs, 'ftol': 0.0, 'gtol': 0.0})
-  return best['position'], best['iterations'], best['evaluations']
+  return best['position'], int(result.nit), int(result.nfev)
 
 
 def _least_squares_codes(x, dictionary):
