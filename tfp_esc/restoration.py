@@ -465,6 +465,20 @@ noise std 0.1; coverage as in step 5):
   dB. Step 5c's measured factors weigh the window's centre too (+0.01 /
   +0.13 / -0.01 / +0.09 dB); a sharper fixed profile was not adopted for
   a gain that varies by image and a width chosen on the test images.
+- Inpainting around a smooth interpolant (session 31, a probe with the
+  library unchanged): the model restores the residual x - b at the
+  observed pixels, b = scikit-image's biharmonic fill blurred by a
+  Gaussian of std g pixels, and the estimate is b plus the restored
+  residual. Chelsea g = 0.5 / 0.7 / 1 / 1.5 / 3: +0.23 / +0.36 / +0.38 /
+  +0.38 / +0.13 dB against ours (33.13), coffee g = 0.7 / 1.5: -0.33 /
+  +0.13 dB (31.81); the missing pixels' coverage fell (chelsea 0.48 /
+  0.75 / 0.86 / 0.92 / 0.94; b's own error is in no variance). And the
+  plain average a ours + (1 - a) biharmonic: the two errors at the
+  missing pixels correlate 0.90 / 0.85 / 0.70 / 0.84 (chelsea / coffee /
+  rocket / coins), so a = 0.5 gains +0.20 / +0.56 / +1.66 / +0.85 dB over
+  biharmonic, against ours alone -0.07 / +0.44 / +2.07 / +1.02 (a = 0.7:
+  +0.15 / +0.59 / +2.03 / +1.02). Neither comes near the goal's +2 dB on
+  chelsea, and both lose the error bars' meaning.
 - Inpainting with more work per patch (K = 24): 30 scale rounds instead
   of 10: +0.04 / +0.11 / -0.11 / +0.02 dB (chelsea / coffee / rocket /
   coins), 100: +0.05 / +0.04 dB (chelsea, coffee) at 1.5 times the time;
